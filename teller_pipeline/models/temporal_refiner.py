@@ -1,0 +1,64 @@
+"""Temporal refiner (Teller's ETM): smooths and details the coarse motion decoded from tokens.
+
+Tokens quantise each 200 ms slice independently, which leaves steps at slice borders and flattens small
+movements. The refiner sees the last `context_frames` refined frames, the current slice's coarse frames and
+the slice's audio, and predicts a residual for the current slice. It is causal (no future slices), so it adds
+no latency. Its last layer starts at zero: an untrained refiner is the identity.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from torch import nn
+
+from ..motion import MOTION_FEATURES
+
+
+class _ResidualConv(nn.Module):
+    def __init__(self, dim: int, kernel_size: int, dilation: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(1, dim)
+        self.conv = nn.Conv1d(dim, dim, kernel_size, padding=dilation * (kernel_size - 1) // 2, dilation=dilation)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(self.act(self.norm(x)))
+
+
+class TemporalRefiner(ModelMixin, ConfigMixin):
+    @register_to_config
+    def __init__(
+        self,
+        motion_dim: int = MOTION_FEATURES,
+        audio_dim: int = 512,
+        frames_per_slice: int = 5,
+        audio_frames_per_slice: int = 10,
+        context_frames: int = 10,
+        hidden_dim: int = 128,
+        num_layers: int = 4,
+        kernel_size: int = 3,
+    ):
+        super().__init__()
+        per_frame_audio = audio_dim * audio_frames_per_slice // frames_per_slice
+        self.motion_in = nn.Linear(motion_dim + 1, hidden_dim)  # +1: flag marking the current (coarse) frames
+        self.audio_in = nn.Linear(per_frame_audio, hidden_dim)
+        self.blocks = nn.Sequential(
+            *[_ResidualConv(hidden_dim, kernel_size, 2**i) for i in range(num_layers)]
+        )
+        self.out = nn.Conv1d(hidden_dim, motion_dim, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, context: torch.Tensor, coarse: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """Refined current frames (B, 5, 69) from refined past (B, C, 69), coarse current (B, 5, 69) and the
+        slice's whisper frames (B, 10, 512). All motion in the tokenizer's normalised feature space."""
+        b, n = coarse.shape[:2]
+        flag = torch.cat([torch.zeros(b, context.shape[1], 1), torch.ones(b, n, 1)], 1).to(coarse)
+        x = self.motion_in(torch.cat([torch.cat([context, coarse], 1), flag], -1))
+        audio_frames = self.audio_in(audio.reshape(b, n, -1))
+        x = x + torch.cat([torch.zeros_like(x[:, : context.shape[1]]), audio_frames], 1)
+        x = self.blocks(x.transpose(1, 2))
+        residual = self.out(x).transpose(1, 2)[:, -n:]
+        return coarse + residual

@@ -1,0 +1,335 @@
+"""TellerPipeline: one portrait photo + speech → a talking-head video, offline or streaming."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.configuration_utils import register_to_config
+from diffusers.utils import BaseOutput
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from . import rig
+from .audio import SAMPLE_RATE, load_audio
+from .face_analysis import (
+    FACE_LANDMARKER_FILENAME,
+    FaceAnalyzer,
+    find_face_landmarker_model,
+    select_largest_face,
+)
+from .models.motion_encoder import SourceFace
+from .streaming import FPS, SLICE_SAMPLES, GenerationControls, TellerSession
+from .video import write_mp4
+
+FACE_LANDMARKER_FOLDER = "face_landmarker"
+MIN_IMAGE_SIDE = 32
+
+
+class ImageError(ValueError):
+    """The portrait could not be read."""
+
+
+@dataclass
+class PreparedSource:
+    """Everything derived once from the source photo (per session)."""
+
+    image: np.ndarray  # (H, W, 3) uint8, after downscaling to the size limit
+    face: SourceFace
+    identity_prior: np.ndarray  # (21, 3)
+    eyelid_gaps: np.ndarray  # (2, 3) lower minus upper eyelid keypoint, canonical frame
+    render_state: object
+    num_faces: int
+
+
+@dataclass
+class TellerPipelineOutput(BaseOutput):
+    """Frames (T, H, W, 3) uint8 at `fps`, and the speech as 16 kHz mono float32.
+
+    `frames` is None when the video was written straight to `video_path` (`output_path=` in the call).
+    """
+
+    frames: np.ndarray | None
+    fps: int
+    audio: np.ndarray
+    sample_rate: int
+    video_path: str | None = None
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write an H.264 + AAC MP4 with the speech."""
+        if self.frames is None:
+            if self.video_path is None:
+                raise ValueError("this output holds no frames")
+            return Path(shutil.copyfile(self.video_path, path))
+        return write_mp4(path, iter(self.frames), self.fps, self.audio, self.sample_rate)
+
+
+def load_image(image: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
+    """A path, PIL image or array → RGB uint8 array, EXIF orientation applied."""
+    if isinstance(image, np.ndarray):
+        array = image
+        if array.ndim == 2:
+            array = np.repeat(array[..., None], 3, -1)
+        if array.ndim != 3 or array.shape[-1] not in (3, 4):
+            raise ImageError(f"an image array must be (H, W, 3) or (H, W, 4), not {array.shape}")
+        if array.dtype != np.uint8:
+            array = np.clip(array * (255 if array.max() <= 1.0 else 1), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(array[..., :3])
+    if not isinstance(image, Image.Image):
+        path = Path(image)
+        if not path.is_file():
+            raise ImageError(f"{path}: no such image file")
+        try:
+            with Image.open(path) as opened:
+                return np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+            raise ImageError(f"{path}: not a readable image ({error})") from error
+    image = ImageOps.exif_transpose(image)
+    return np.asarray(image.convert("RGB"))
+
+
+def _downscale(image: np.ndarray, max_size: int) -> np.ndarray:
+    height, width = image.shape[:2]
+    if max(height, width) <= max_size:
+        return image
+    ratio = max_size / max(height, width)
+    size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+
+
+class TellerPipeline(DiffusionPipeline):
+    r"""Audio-driven portrait animation (Teller, CVPR 2025), streaming-first.
+
+    Components, in the order data flows through them:
+        audio_encoder ([`TellerAudioEncoder`]) and feature_extractor: whisper-base, 50 Hz speech embeddings.
+        motion_encoder ([`MotionEncoder`]): face landmarks ↔ the 25×3 motion latent (fitted constants).
+        motion_generator ([`MotionGenerator`]): audio slices → motion tokens, autoregressively.
+        motion_tokenizer ([`MotionTokenizer`]): residual-VQ tokens ↔ motion windows.
+        temporal_refiner ([`TemporalRefiner`]): Teller's ETM, temporal detail and coherence.
+        renderer ([`GeometricRenderer`]): source photo + driven landmarks → frame.
+    """
+
+    model_cpu_offload_seq = "audio_encoder->motion_generator->motion_tokenizer->temporal_refiner"
+
+    @register_to_config
+    def __init__(
+        self,
+        audio_encoder,
+        feature_extractor,
+        motion_encoder,
+        motion_tokenizer,
+        motion_generator,
+        temporal_refiner,
+        renderer,
+        max_audio_seconds: float = 600.0,
+        min_video_seconds: float = 1.0,
+        max_image_size: int = 1024,
+    ):
+        super().__init__()
+        self.register_modules(
+            audio_encoder=audio_encoder,
+            feature_extractor=feature_extractor,
+            motion_encoder=motion_encoder,
+            motion_tokenizer=motion_tokenizer,
+            motion_generator=motion_generator,
+            temporal_refiner=temporal_refiner,
+            renderer=renderer,
+        )
+        self.face_landmarker_path: Path | None = None
+        self._face_analyzer: FaceAnalyzer | None = None
+
+    # ------------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> TellerPipeline:
+        """Load from a local folder or a Hub repo id (downloaded with `snapshot_download` first, since
+        diffusers' own Hub path cannot resolve components that live in this package)."""
+        path = Path(pretrained_model_name_or_path)
+        if not path.is_dir():
+            from huggingface_hub import snapshot_download
+
+            hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only")
+                          if k in kwargs}
+            path = Path(snapshot_download(str(pretrained_model_name_or_path), **hub_kwargs))
+        kwargs.setdefault("dtype", torch.float32)  # weights may be stored in fp16; CPUs want fp32
+        pipe = super().from_pretrained(path, **kwargs)
+        landmarker = path / FACE_LANDMARKER_FOLDER / FACE_LANDMARKER_FILENAME
+        pipe.face_landmarker_path = landmarker if landmarker.is_file() else None
+        pipe.set_progress_bar_config(disable=True)
+        _own_aligned_memory(pipe)
+        return pipe
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Save all components and a copy of the face landmarker, so the folder is self-contained."""
+        super().save_pretrained(save_directory, **kwargs)
+        target = Path(save_directory) / FACE_LANDMARKER_FOLDER
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self._landmarker_file(), target / FACE_LANDMARKER_FILENAME)
+
+    def _landmarker_file(self) -> Path:
+        if self.face_landmarker_path is not None:
+            return Path(self.face_landmarker_path)
+        return find_face_landmarker_model()
+
+    @property
+    def face_analyzer(self) -> FaceAnalyzer:
+        if self._face_analyzer is None:
+            self._face_analyzer = FaceAnalyzer(self._landmarker_file())
+        return self._face_analyzer
+
+    @property
+    def max_audio_seconds(self) -> float:
+        return self.config.max_audio_seconds
+
+    @property
+    def min_video_seconds(self) -> float:
+        return self.config.min_video_seconds
+
+    # ------------------------------------------------------------------ the source photo
+    def prepare_source(
+        self, image: str | os.PathLike | Image.Image | np.ndarray, max_size: int | None = None
+    ) -> PreparedSource:
+        """Read the photo, find the face, and precompute everything the session reuses every frame."""
+        name = str(image) if isinstance(image, str | os.PathLike) else "the photo"
+        array = load_image(image)
+        if min(array.shape[:2]) < MIN_IMAGE_SIDE:
+            raise ImageError(
+                f"{name} is {array.shape[1]}x{array.shape[0]} pixels; a portrait needs at least "
+                f"{MIN_IMAGE_SIDE} pixels on each side"
+            )
+        array = _downscale(array, max_size or self.config.max_image_size)
+        faces = self.face_analyzer.detect(array)
+        face = select_largest_face(faces, name)
+        source = self.motion_encoder.encode_source(face.points, face.image_size)
+        canonical_kp = source.canonical_keypoints
+        gaps = np.stack([canonical_kp[lo] - canonical_kp[up] for up, lo in _EYELID_KEYPOINTS])
+        return PreparedSource(
+            image=array,
+            face=source,
+            identity_prior=self.motion_encoder.identity_prior(source),
+            eyelid_gaps=gaps.astype(np.float32),
+            render_state=self.renderer.prepare(array, face.points),
+            num_faces=len(faces),
+        )
+
+    # ------------------------------------------------------------------ streaming
+    def start_session(
+        self,
+        image: str | os.PathLike | Image.Image | np.ndarray | PreparedSource,
+        max_size: int | None = None,
+        **controls,
+    ) -> TellerSession:
+        """A live session: `session.push(chunk, sample_rate)` returns frames as soon as they are ready,
+        `session.finish()` the rest. Controls: see `GenerationControls`. Pass a `PreparedSource` to analyse
+        the photo once for several sessions."""
+        source = image if isinstance(image, PreparedSource) else self.prepare_source(image, max_size)
+        return TellerSession(self, source, GenerationControls(**controls))
+
+    def stream(
+        self,
+        image: str | os.PathLike | Image.Image | np.ndarray | PreparedSource,
+        audio_chunks: Iterable[np.ndarray | tuple[int, np.ndarray]],
+        sample_rate: int = SAMPLE_RATE,
+        max_size: int | None = None,
+        **controls,
+    ) -> Iterator[list[np.ndarray]]:
+        """Yield lists of frames (25 fps) while audio chunks arrive; chunks are arrays at `sample_rate` or
+        `(rate, array)` tuples as Gradio's microphone gives them."""
+        session = self.start_session(image, max_size, **controls)
+        for chunk in audio_chunks:
+            rate, samples = chunk if isinstance(chunk, tuple) else (sample_rate, chunk)
+            frames = session.push(np.asarray(samples), rate)
+            if frames:
+                yield frames
+        frames = session.finish()
+        if frames:
+            yield frames
+
+    # ------------------------------------------------------------------ offline
+    @torch.inference_mode()
+    def __call__(
+        self,
+        image: str | os.PathLike | Image.Image | np.ndarray,
+        audio: str | os.PathLike | np.ndarray | tuple[int, np.ndarray],
+        seed: int = 0,
+        head_motion_scale: float = 1.0,
+        expression_scale: float = 1.0,
+        blinks_per_minute: float = 15.0,
+        breathing: float = 1.0,
+        top_k: int = 15,
+        temperature: float = 1.0,
+        silence_threshold_db: float | None = -50.0,
+        max_size: int | None = None,
+        output_path: str | os.PathLike | None = None,
+        return_dict: bool = True,
+    ) -> TellerPipelineOutput | tuple:
+        """Animate `image` with `audio`: the streaming session run to the end.
+
+        Args:
+            image: portrait path, PIL image or RGB array. Several faces: the largest is animated (a warning
+                says so). Larger than `max_size` (default: the pipeline's `max_image_size`): downscaled.
+            audio: speech file (wav, mp3, flac, ogg, webm, m4a, ...), `(sample_rate, array)`, or a 16 kHz
+                mono float array. Longer than `max_audio_seconds`: an error before any work. Silent or
+                empty: an idle video (closed mouth, blinks, breathing) of at least `min_video_seconds`.
+            seed: makes sampling, blinks and breathing reproducible.
+            head_motion_scale / expression_scale: 0 = still head / still face; 1 = as generated.
+            blinks_per_minute, breathing: idle motion.
+            top_k, temperature: sampling of motion tokens (temperature 0 = greedy).
+            silence_threshold_db: below this level (dBFS) the face eases into the photo's resting face;
+                None = always as generated.
+            output_path: write the MP4 there while generating instead of keeping frames in memory.
+        """
+        samples = load_audio(audio, max_seconds=self.config.max_audio_seconds)
+        session = self.start_session(
+            self.prepare_source(image, max_size),
+            seed=seed, head_motion_scale=head_motion_scale, expression_scale=expression_scale,
+            blinks_per_minute=blinks_per_minute, breathing=breathing, top_k=top_k, temperature=temperature,
+            silence_threshold_db=silence_threshold_db,
+        )
+        num_slices = -(-max(len(samples), 1) // SLICE_SAMPLES)
+
+        def frames() -> Iterator[np.ndarray]:
+            with self.progress_bar(total=num_slices) as progress:
+                for start in range(0, len(samples), SLICE_SAMPLES):
+                    yield from session.push_16k(samples[start : start + SLICE_SAMPLES])
+                    progress.update()
+                yield from session.finish()
+
+        padded_audio = _pad_to(samples, session.total_frames)
+        if output_path is not None:
+            path = write_mp4(output_path, frames(), FPS, padded_audio, SAMPLE_RATE)
+            result = TellerPipelineOutput(None, FPS, padded_audio, SAMPLE_RATE, str(path))
+        else:
+            result = TellerPipelineOutput(np.stack(list(frames())), FPS, padded_audio, SAMPLE_RATE)
+        self.maybe_free_model_hooks()
+        return result if return_dict else (result.frames, result.fps, result.audio)
+
+
+def _own_aligned_memory(pipe: DiffusionPipeline) -> None:
+    """Copy every weight into freshly allocated memory.
+
+    Weights loaded from safetensors can sit at addresses that are not 64-byte aligned; oneDNN/MKL then take
+    other kernel paths whose float rounding differs in the last bit, and a saved-and-reloaded pipeline would
+    not reproduce the original's video exactly.
+    """
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            with torch.no_grad():
+                for tensor in [*module.parameters(), *module.buffers()]:
+                    tensor.data = tensor.data.clone()
+
+
+def _pad_to(samples: np.ndarray, num_frames: int) -> np.ndarray:
+    """Pad the speech with silence to the video's length (only matters for very short/empty speech)."""
+    needed = int(round(num_frames / FPS * SAMPLE_RATE))
+    return np.pad(samples, (0, max(0, needed - len(samples)))).astype(np.float32)
+
+
+_EYELID_KEYPOINTS = [
+    (rig.KEYPOINT_NAMES.index(f"upper_eyelid_{side}"), rig.KEYPOINT_NAMES.index(f"lower_eyelid_{side}"))
+    for side in ("right", "left")
+]

@@ -1,0 +1,253 @@
+"""The streaming core: one `TellerSession` per source photo and listener.
+
+Audio chunks of any length and sample rate go in; frames come out as soon as each 200 ms slice (plus the
+model's audio lookahead) has arrived. Per slice, top to bottom as in the paper's figure:
+
+    audio window ──whisper encoder──▶ 10 frames of 50 Hz embeddings
+                 ──motion generator (AR, KV cache)──▶ RVQ tokens
+                 ──motion tokenizer decode──▶ coarse motion (5 frames)
+                 ──temporal refiner (ETM)──▶ refined motion ──controls, blinks, breathing──▶ motion latents
+                 ──motion encoder decode──▶ landmarks ──renderer──▶ 5 RGB frames
+
+Memory is bounded: the session keeps only the audio window it still needs, the generator's bounded context
+and a few refined frames. Offline generation (`TellerPipeline.__call__`) is this same session run to the end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .audio import SAMPLE_RATE, StreamingResampler
+from .idle import IdleMotion, add_idle_motion
+from .models.audio_encoder import log_mel
+from .motion import EXPRESSION, ROTATION, TRANSLATION, apply_controls, features_to_motion
+
+FPS = 25
+SLICE_SECONDS = 0.2
+SLICE_SAMPLES = int(SAMPLE_RATE * SLICE_SECONDS)  # 3200
+FRAMES_PER_SLICE = int(FPS * SLICE_SECONDS)  # 5
+AUDIO_FRAME_RATE = 50  # whisper encoder output rate
+
+
+@dataclass
+class GenerationControls:
+    """What a user can turn: all defaults give natural motion."""
+
+    seed: int = 0
+    head_motion_scale: float = 1.0  # 0 = still head
+    expression_scale: float = 1.0  # lips, jaw, brows, cheeks
+    blinks_per_minute: float = 15.0  # 0 = no blinks
+    breathing: float = 1.0  # idle sway amplitude; 0 = none
+    top_k: int = 15
+    temperature: float = 1.0
+    # Where the input is silent (muted microphone, digital silence, the pauses of a clean recording), ease
+    # into the photo's own resting face whatever the generator does; None turns this off.
+    silence_threshold_db: float | None = -50.0
+
+    def validate(self) -> None:
+        if self.head_motion_scale < 0 or self.expression_scale < 0:
+            raise ValueError("head_motion_scale and expression_scale must be ≥ 0")
+        if self.blinks_per_minute < 0 or self.blinks_per_minute > 120:
+            raise ValueError("blinks_per_minute must be between 0 and 120")
+        if self.top_k < 1:
+            raise ValueError("top_k must be ≥ 1")
+        if self.temperature < 0:
+            raise ValueError("temperature must be ≥ 0 (0 = greedy)")
+
+
+def slice_windows(audio: np.ndarray, window_samples: int, lookahead_samples: int) -> np.ndarray:
+    """The audio window of every slice of an utterance, (S, window + lookahead), zero-padded at the ends.
+
+    Slice k covers [0.2·k, 0.2·(k+1)) s; its window ends `lookahead` after the slice. Exactly what a
+    `TellerSession` cuts while streaming, so training sees the features inference computes.
+    """
+    num_slices = -(-len(audio) // SLICE_SAMPLES)
+    width = window_samples + lookahead_samples
+    padded = np.zeros(window_samples + num_slices * SLICE_SAMPLES + lookahead_samples, np.float32)
+    padded[window_samples : window_samples + len(audio)] = audio
+    starts = (np.arange(num_slices) + 1) * SLICE_SAMPLES  # = slice end - window, in padded coordinates
+    return np.stack([padded[s : s + width] for s in starts]) if num_slices else np.zeros((0, width), np.float32)
+
+
+def embed_slice_windows(
+    encoder, feature_extractor, windows: np.ndarray, lookahead_samples: int, frames_per_slice: int = 10
+) -> torch.Tensor:
+    """Whisper embeddings of each slice, (S, 10, 512), from its window (S, samples): a batch of windows
+    through the encoder, keeping the 10 frames (200 ms) that end where the lookahead begins."""
+    if len(windows) == 0:
+        return torch.zeros(0, frames_per_slice, encoder.config.d_model)
+    mel = torch.cat([log_mel(feature_extractor, w) for w in windows])
+    mel = mel[..., : mel.shape[-1] // 2 * 2]
+    with torch.inference_mode():
+        embeddings = encoder.encode_window(mel.to(encoder.device))
+    end = embeddings.shape[1] - int(round(lookahead_samples / SAMPLE_RATE * AUDIO_FRAME_RATE))
+    return embeddings[:, end - frames_per_slice : end]
+
+
+class TellerSession:
+    """Streaming state for one source face. Not thread-safe: one session per listener."""
+
+    def __init__(self, pipeline, source, controls: GenerationControls | None = None):
+        self.pipe = pipeline
+        self.source = source  # PreparedSource
+        self.controls = controls or GenerationControls()
+        self.controls.validate()
+        gen_config = pipeline.motion_generator.config
+        self.window_samples = int(round(gen_config.audio_window_seconds * SAMPLE_RATE))
+        self.lookahead_samples = int(round(gen_config.audio_lookahead_seconds * SAMPLE_RATE))
+        self.resampler = StreamingResampler()
+        self.torch_generator = torch.Generator().manual_seed(self.controls.seed)
+        self.idle = IdleMotion(self.controls.seed, FPS, self.controls.blinks_per_minute)
+        with torch.inference_mode():
+            generator_model = pipeline.motion_generator
+            prior = torch.from_numpy(source.identity_prior)[None].to(generator_model.device, generator_model.dtype)
+            self.generator_state = pipeline.motion_generator.start(prior)
+        refiner_config = pipeline.temporal_refiner.config
+        tokenizer = pipeline.motion_tokenizer
+        neutral = tokenizer.normalize(torch.zeros(refiner_config.motion_dim, device=tokenizer.device))
+        self.refined_context = neutral.expand(refiner_config.context_frames, -1).clone()
+        # Audio kept: the newest samples still needed by future windows; `buffer_start` is the absolute
+        # sample index of buffer[0].
+        self.buffer = np.zeros(0, np.float32)
+        self.buffer_start = 0
+        self.samples_received = 0
+        self.next_slice = 0
+        self.frames_emitted = 0
+        self.finished = False
+        self.silence_gate = 0.0  # 0 = speech, 1 = resting face
+        self.timings_ms: dict[str, float] = defaultdict(float)
+
+    # ------------------------------------------------------------------ audio in
+    def push(self, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> list[np.ndarray]:
+        """Add an audio chunk (any length, rate, channels, int or float); return the frames now ready."""
+        if self.finished:
+            raise RuntimeError("this session has finished; start a new one")
+        audio = self.resampler.push(samples, sample_rate)
+        max_samples = self.pipe.max_audio_seconds * SAMPLE_RATE
+        if self.pipe.max_audio_seconds and self.samples_received + len(audio) > max_samples:
+            raise ValueError(f"the speech is longer than the limit of {self.pipe.max_audio_seconds:g} s")
+        self._append(audio)
+        return self._render_ready_slices(final=False)
+
+    def push_16k(self, audio: np.ndarray) -> list[np.ndarray]:
+        """Like `push` for audio already 16 kHz mono float32 (skips the resampler)."""
+        if self.finished:
+            raise RuntimeError("this session has finished; start a new one")
+        self._append(np.asarray(audio, np.float32))
+        return self._render_ready_slices(final=False)
+
+    def finish(self) -> list[np.ndarray]:
+        """End of speech: pad with silence and return the remaining frames.
+
+        The video ends at round(25 · seconds received) frames; an empty stream still gives a short idle clip.
+        """
+        if self.finished:
+            return []
+        self._append(self.resampler.flush())
+        self.finished = True
+        return self._render_ready_slices(final=True)
+
+    def _append(self, audio: np.ndarray) -> None:
+        if len(audio):
+            self.buffer = np.concatenate([self.buffer, audio.astype(np.float32)])
+            self.samples_received += len(audio)
+
+    @property
+    def total_frames(self) -> int:
+        """Frames the finished video will have."""
+        seconds = max(self.samples_received / SAMPLE_RATE, self.pipe.min_video_seconds)
+        return int(round(seconds * FPS))
+
+    # ------------------------------------------------------------------ per slice
+    def _render_ready_slices(self, final: bool) -> list[np.ndarray]:
+        frames: list[np.ndarray] = []
+        while True:
+            slice_end = (self.next_slice + 1) * SLICE_SAMPLES
+            if final:
+                if self.frames_emitted >= self.total_frames:
+                    break
+            elif self.samples_received < slice_end + self.lookahead_samples:
+                break
+            frames.extend(self._slice_frames(self._window(slice_end)))
+            self.next_slice += 1
+        if final:
+            frames = frames[: max(0, self.total_frames - (self.frames_emitted - len(frames)))]
+            self.frames_emitted = min(self.frames_emitted, self.total_frames)
+        return frames
+
+    def _window(self, slice_end: int) -> np.ndarray:
+        """Audio [slice_end - window, slice_end + lookahead], zero-padded beyond what exists."""
+        start = slice_end - self.window_samples
+        stop = slice_end + self.lookahead_samples
+        window = np.zeros(stop - start, np.float32)
+        lo, hi = max(start, self.buffer_start), min(stop, self.buffer_start + len(self.buffer))
+        if hi > lo:
+            window[lo - start : hi - start] = self.buffer[lo - self.buffer_start : hi - self.buffer_start]
+        # Forget audio no future window needs.
+        keep_from = slice_end + SLICE_SAMPLES - self.window_samples
+        if keep_from > self.buffer_start:
+            drop = min(keep_from - self.buffer_start, len(self.buffer))
+            self.buffer = self.buffer[drop:]
+            self.buffer_start += drop
+        return window
+
+    def _tick(self, stage: str, start: float) -> float:
+        now = time.perf_counter()
+        self.timings_ms[stage] += (now - start) * 1000
+        return now
+
+    @torch.inference_mode()
+    def _slice_frames(self, window: np.ndarray) -> list[np.ndarray]:
+        pipe, controls = self.pipe, self.controls
+        t = time.perf_counter()
+        # 1. audio → 10 embeddings of this slice (the window's frames just before the lookahead)
+        audio = embed_slice_windows(
+            pipe.audio_encoder, pipe.feature_extractor, window[None], self.lookahead_samples,
+            pipe.motion_generator.config.audio_frames_per_slice,
+        )[0].to(pipe.motion_generator.device, pipe.motion_generator.dtype)
+        t = self._tick("audio_encoder", t)
+        # 2. tokens for this slice (autoregressive, two per step, top-k)
+        codes = pipe.motion_generator.generate_slice(
+            self.generator_state, audio, self.torch_generator, controls.top_k, controls.temperature
+        )
+        t = self._tick("motion_generator", t)
+        # 3. tokens → coarse motion → refined motion (ETM)
+        coarse = pipe.motion_tokenizer.decode(codes[None, None])
+        refined = pipe.temporal_refiner(self.refined_context[None], coarse, audio[None])[0]
+        self.refined_context = torch.cat([self.refined_context, refined])[-len(self.refined_context) :]
+        features = pipe.motion_tokenizer.denormalize(refined).float().cpu().numpy()
+        t = self._tick("temporal_refiner", t)
+        # 4. controls, resting face in silence, blinks, breathing → motion latents → landmarks → pixels
+        features = apply_controls(features, controls.expression_scale, controls.head_motion_scale)
+        features = self._rest_in_silence(features, window)
+        closure, breath = self.idle.next(len(features))
+        features = add_idle_motion(features, closure, breath, self.source.eyelid_gaps, controls.breathing)
+        motion = features_to_motion(torch.from_numpy(features))
+        landmarks = pipe.motion_encoder.decode(self.source.face, motion)
+        frames = [pipe.renderer.render(self.source.render_state, points) for points in landmarks]
+        self._tick("renderer", t)
+        self.frames_emitted += len(frames)
+        return frames
+
+    def _rest_in_silence(self, features: np.ndarray, window: np.ndarray) -> np.ndarray:
+        """Blend toward the resting face (zero motion) while the slice and its lookahead are silent."""
+        threshold = self.controls.silence_threshold_db
+        if threshold is None:
+            return features
+        recent = window[-(SLICE_SAMPLES + self.lookahead_samples) :]
+        level_db = 10 * np.log10(np.mean(recent.astype(np.float64) ** 2) + 1e-12)
+        target = 1.0 if level_db < threshold else 0.0
+        # Ramp over the slice's frames so entering and leaving rest is never a jump.
+        ramp = np.linspace(self.silence_gate, target, len(features) + 1)[1:, None]
+        self.silence_gate = target
+        out = features.copy()
+        out[:, EXPRESSION] *= 1.0 - ramp
+        out[:, ROTATION] *= 1.0 - 0.7 * ramp
+        out[:, TRANSLATION] *= 1.0 - 0.7 * ramp
+        return out
+

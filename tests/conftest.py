@@ -1,0 +1,48 @@
+"""Shared fixtures. Everything runs offline against the bundled checkpoint and example media."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+CHECKPOINT = ROOT / "checkpoints" / "teller-base"
+ASTRONAUT = EXAMPLES / "astronaut.png"
+GRACE_HOPPER = EXAMPLES / "grace_hopper.jpg"
+REAL_SPEECH = EXAMPLES / "arctic_a0009.wav"
+
+
+@pytest.fixture(scope="session")
+def pipe():
+    """The bundled starter checkpoint, loaded once."""
+    from teller_pipeline import TellerPipeline
+
+    if not (CHECKPOINT / "model_index.json").is_file():
+        pytest.fail(f"{CHECKPOINT} is missing: build it with `python -m teller_pipeline.build_checkpoint`")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return TellerPipeline.from_pretrained(CHECKPOINT)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(pipe):
+    """A tiny, seeded, untrained pipeline sharing the real audio encoder (for save/load tests)."""
+    from teller_pipeline.build_checkpoint import build_pipeline
+
+    return build_pipeline(
+        "tiny", seed=0, audio_encoder=pipe.audio_encoder, feature_extractor=pipe.feature_extractor
+    )
+
+
+@pytest.fixture(scope="session")
+def speech() -> np.ndarray:
+    from teller_pipeline.audio import load_audio
+
+    return load_audio(REAL_SPEECH)

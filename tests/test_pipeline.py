@@ -1,0 +1,174 @@
+"""TellerPipeline end to end: loading, save/load identity, streaming = offline, MP4 output, controls."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from teller_pipeline import (
+    GeometricRenderer,
+    MotionEncoder,
+    MotionGenerator,
+    MotionTokenizer,
+    TellerPipeline,
+    TemporalRefiner,
+)
+from teller_pipeline.streaming import FPS
+from teller_pipeline.video import probe_media
+
+from .conftest import ASTRONAUT, CHECKPOINT, GRACE_HOPPER, REAL_SPEECH
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [
+        (MotionTokenizer, dict(hidden_dim=32, latent_dim=16, num_quantizers=4, codebook_size=32)),
+        (MotionGenerator, dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
+                               num_quantizers=4, codebook_size=32)),
+        (TemporalRefiner, dict(hidden_dim=16, num_layers=2)),
+        (GeometricRenderer, dict()),
+        (MotionEncoder, dict(interpolation_sigma=1.5)),
+    ],
+)
+def test_component_config_and_weights_round_trip(tmp_path, cls, kwargs):
+    torch.manual_seed(0)
+    model = cls(**kwargs)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file() or not list(model.state_dict())
+    loaded = cls.from_pretrained(tmp_path)
+    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
+    assert public(loaded.config) == public(model.config)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value, rtol=0, atol=0)
+
+
+def test_bundled_checkpoint_layout():
+    index = json.loads((CHECKPOINT / "model_index.json").read_text())
+    assert index["_class_name"] == "TellerPipeline"
+    for name in ("audio_encoder", "feature_extractor", "motion_encoder", "motion_tokenizer", "motion_generator",
+                 "temporal_refiner", "renderer"):
+        assert index[name][0] is not None, name
+    assert not list(CHECKPOINT.rglob("*.bin")) and not list(CHECKPOINT.rglob("*.pt")), "safetensors only"
+    assert (CHECKPOINT / "face_landmarker" / "face_landmarker.task").is_file()
+    size_mb = sum(p.stat().st_size for p in CHECKPOINT.rglob("*") if p.is_file()) / 1e6
+    assert size_mb < 80, f"the starter checkpoint should stay small, is {size_mb:.0f} MB"
+
+
+def test_save_load_gives_identical_video(tiny_pipe, speech, tmp_path):
+    first = tiny_pipe(GRACE_HOPPER, speech[:16000], seed=5, max_size=256).frames
+    tiny_pipe.save_pretrained(tmp_path / "saved")
+    reloaded = TellerPipeline.from_pretrained(tmp_path / "saved")
+    second = reloaded(GRACE_HOPPER, speech[:16000], seed=5, max_size=256).frames
+    assert first.shape == second.shape
+    assert np.array_equal(first, second)
+
+
+def test_from_hub_repo_id_uses_the_local_cache_offline(tiny_pipe, tmp_path):
+    """A Hub repo id goes through snapshot_download; offline, it resolves from the cache."""
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--teller--teller-tiny" / "snapshots" / ("0" * 40)
+    tiny_pipe.save_pretrained(snapshot)
+    (cache / "models--teller--teller-tiny" / "refs").mkdir(parents=True)
+    (cache / "models--teller--teller-tiny" / "refs" / "main").write_text("0" * 40)
+    loaded = TellerPipeline.from_pretrained("teller/teller-tiny", cache_dir=str(cache))
+    assert isinstance(loaded.motion_generator, MotionGenerator)
+    assert loaded.face_landmarker_path is not None and loaded.face_landmarker_path.is_file()
+
+
+def test_streaming_in_odd_chunks_equals_offline(pipe, speech):
+    offline = pipe(ASTRONAUT, speech, seed=11, max_size=256).frames
+    session = pipe.start_session(pipe.prepare_source(ASTRONAUT, max_size=256), seed=11)
+    rng = np.random.default_rng(0)
+    streamed, i = [], 0
+    while i < len(speech):
+        n = int(rng.integers(50, 7000))
+        streamed += session.push(speech[i : i + n], 16000)
+        i += n
+    streamed += session.finish()
+    assert len(streamed) == len(offline)
+    assert all(np.array_equal(a, b) for a, b in zip(streamed, offline, strict=True))
+
+
+def test_stream_accepts_microphone_style_chunks(pipe, speech):
+    """(48000, int16 stereo) chunks every 0.5 s, as Gradio's microphone sends them."""
+    up = np.repeat(speech, 3)  # crude 48 kHz version; content does not matter here
+    stereo = (np.stack([up, up], 1) * 32000).astype(np.int16)
+    chunks = [(48000, stereo[i : i + 24000]) for i in range(0, len(stereo), 24000)]
+    frames = [f for batch in pipe.stream(GRACE_HOPPER, chunks, seed=0, max_size=None) for f in batch]
+    assert abs(len(frames) - round(len(speech) / 16000 * FPS)) <= 1
+
+
+def test_mp4_end_to_end(pipe, tmp_path):
+    out = tmp_path / "talk.mp4"
+    result = pipe(GRACE_HOPPER, REAL_SPEECH, seed=0, output_path=out)
+    info = probe_media(out)
+    seconds = 49520 / 16000
+    assert info["video_codec"] == "h264" and info["audio_codec"] == "aac"
+    assert info["fps"] == pytest.approx(25.0)
+    assert abs(info["frame_count"] - round(25 * seconds)) <= 1
+    assert info["audio_duration"] == pytest.approx(seconds, abs=0.05)
+    assert (info["width"], info["height"]) == (512, 600)  # the whole photo, at its own size
+    assert result.video_path == str(out)
+
+
+def test_still_controls_reproduce_the_photo(pipe, speech):
+    """Head 0, expression 0, no blinks, no breathing: every frame is the photo itself."""
+    out = pipe(GRACE_HOPPER, speech[:16000], head_motion_scale=0, expression_scale=0, blinks_per_minute=0,
+               breathing=0)
+    photo = np.asarray(Image.open(GRACE_HOPPER).convert("RGB"))
+    assert min(_psnr(frame, photo) for frame in out.frames) >= 40
+
+
+def test_seeds(pipe, speech):
+    a = pipe(GRACE_HOPPER, speech[:24000], seed=1, max_size=256).frames
+    b = pipe(GRACE_HOPPER, speech[:24000], seed=1, max_size=256).frames
+    c = pipe(GRACE_HOPPER, speech[:24000], seed=2, max_size=256).frames
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_max_size_caps_the_output(pipe, speech):
+    out = pipe(ASTRONAUT, speech[:8000], max_size=200)
+    assert max(out.frames.shape[1:3]) == 200
+
+
+def test_output_save_writes_mp4(pipe, speech, tmp_path):
+    out = pipe(ASTRONAUT, speech[:16000], max_size=128)
+    path = out.save(tmp_path / "x.mp4")
+    assert probe_media(path)["frame_count"] == len(out.frames)
+
+
+def test_cli_generate(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "cli.mp4"
+    result = subprocess.run(
+        [sys.executable, "-m", "teller_pipeline", "generate", "--image", str(GRACE_HOPPER), "--audio",
+         str(REAL_SPEECH), "--output", str(out), "--seed", "3", "--max-size", "256", "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert probe_media(out)["video_codec"] == "h264"
+    bad = subprocess.run(
+        [sys.executable, "-m", "teller_pipeline", "generate", "--image", str(REAL_SPEECH), "--audio",
+         str(REAL_SPEECH), "--output", str(tmp_path / "bad.mp4")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert bad.returncode == 2 and "not a readable image" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_copy_of_checkpoint_is_self_contained(tmp_path):
+    shutil.copytree(CHECKPOINT, tmp_path / "copy")
+    loaded = TellerPipeline.from_pretrained(tmp_path / "copy")
+    assert loaded.face_landmarker_path == tmp_path / "copy" / "face_landmarker" / "face_landmarker.task"

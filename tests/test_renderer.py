@@ -1,0 +1,203 @@
+"""GeometricRenderer: identity, mouth interior, blinks, head turns, odd sizes, save/load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from teller_pipeline import rig
+from teller_pipeline.face_analysis import FaceAnalyzer, find_face_landmarker_model, load_canonical_mesh
+from teller_pipeline.models.motion_encoder import MotionEncoder
+from teller_pipeline.models.renderer import GeometricRenderer
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+PORTRAITS = {"astronaut": EXAMPLES / "astronaut.png", "grace_hopper": EXAMPLES / "grace_hopper.jpg"}
+KEY = {name: i for i, name in enumerate(rig.KEYPOINT_NAMES)}
+
+
+@pytest.fixture(scope="module")
+def kit():
+    mesh = load_canonical_mesh(find_face_landmarker_model())
+    analyzer = FaceAnalyzer()
+    portraits = {}
+    for name, path in PORTRAITS.items():
+        image = np.asarray(Image.open(path).convert("RGB"))
+        portraits[name] = (image, analyzer.largest_face(image))
+    yield dict(
+        analyzer=analyzer,
+        encoder=MotionEncoder.from_canonical_mesh(mesh),
+        renderer=GeometricRenderer.from_canonical_mesh(mesh),
+        portraits=portraits,
+    )
+    analyzer.close()
+
+
+def _setup(kit, name):
+    image, face = kit["portraits"][name]
+    source = kit["encoder"].encode_source(face.points, image.shape[1::-1])
+    return image, face, source, kit["renderer"].prepare(image, face.points)
+
+
+def _open_mouth(motion: np.ndarray, amount: float) -> np.ndarray:
+    motion = motion.copy()
+    for name in ("lower_lip_inner", "lower_lip_outer", "lower_lip_right", "lower_lip_left"):
+        motion[KEY[name], 1] += amount
+    motion[KEY["chin"], 1] += 1.1 * amount
+    motion[[KEY["jaw_right"], KEY["jaw_left"]], 1] += 0.6 * amount
+    return motion
+
+
+def _close_eyes(motion: np.ndarray, source) -> np.ndarray:
+    motion = motion.copy()
+    canonical = source.canonical_keypoints
+    for side in ("right", "left"):
+        up, lo = KEY[f"upper_eyelid_{side}"], KEY[f"lower_eyelid_{side}"]
+        motion[up] += canonical[lo] - canonical[up]
+    return motion
+
+
+def _turn(motion: np.ndarray, pitch=0.0, yaw=0.0, roll=0.0) -> np.ndarray:
+    motion = motion.copy()
+    motion[rig.ROTATION_ROWS] = rig.axis_angle_to_rotation(np.radians([pitch, yaw, roll]))
+    return motion
+
+
+def _luma(pixels: np.ndarray) -> np.ndarray:
+    return pixels.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+def _polygon_mask(shape, points: np.ndarray, ids: list[int], erode: int = 0) -> np.ndarray:
+    mask = np.zeros(shape[:2], np.uint8)
+    cv2.fillPoly(mask, [np.round(points[ids, :2]).astype(np.int32)], 1)
+    if erode:
+        mask = cv2.erode(mask, np.ones((2 * erode + 1, 2 * erode + 1), np.uint8))
+    return mask.astype(bool)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+SKIN = [50, 280, 101, 330, 118, 347]
+INNER_LIPS = rig.LIPS_INNER_UPPER + rig.LIPS_INNER_LOWER[::-1][1:-1]
+
+
+@pytest.mark.parametrize("name", PORTRAITS)
+def test_source_landmarks_reproduce_the_photo(kit, name):
+    image, face, _, state = _setup(kit, name)
+    frame = kit["renderer"].render(state, face.points)
+    assert frame.shape == image.shape and frame.dtype == np.uint8
+    assert _psnr(frame, image) >= 40.0
+
+
+@pytest.mark.parametrize("name", PORTRAITS)
+def test_open_mouth_shows_dark_cavity_and_teeth(kit, name):
+    image, face, source, state = _setup(kit, name)
+    encoder = kit["encoder"]
+    driven = encoder.decode(source, _open_mouth(encoder.neutral_motion(), 1.4))
+    frame = kit["renderer"].render(state, driven)
+
+    # the opening's columns: teeth just below the upper lip, dark cavity toward the lower lip
+    inside = _polygon_mask(frame.shape, driven, INNER_LIPS)
+    rows = np.arange(frame.shape[0])[:, None]
+    top = np.where(inside, rows, 10**6).min(0)
+    bottom = np.where(inside, rows, -1).max(0)
+    height = np.maximum(bottom - top, 1)
+    depth = (rows - top) / height
+    wide = inside & (height >= 6)[None, :]
+    luma = _luma(frame)
+    skin = _luma(image[face.points[SKIN, 1].astype(int), face.points[SKIN, 0].astype(int)]).mean()
+    lips = _polygon_mask(image.shape, face.points, rig.LIPS_OUTER_UPPER + rig.LIPS_OUTER_LOWER[::-1][1:-1])
+    lips &= ~_polygon_mask(image.shape, face.points, INNER_LIPS)
+    lip_luma = _luma(image[lips]).mean()
+    cavity = luma[wide & (depth > 0.55) & (depth < 0.9)].mean()
+    teeth = luma[wide & (depth > 0.05) & (depth < 0.25)].mean()
+    assert cavity < 0.6 * min(lip_luma, skin), (cavity, lip_luma, skin)
+    assert teeth > 0.8 * lip_luma and teeth > cavity + 60, (teeth, cavity)
+
+    # the landmarker sees the mouth open further than in the photo
+    seen = kit["analyzer"].largest_face(frame)
+    assert rig.mouth_opening(seen.points) > rig.mouth_opening(face.points) + 0.08
+
+
+@pytest.mark.parametrize("name", PORTRAITS)
+def test_closed_eyes_show_eyelid_skin(kit, name):
+    image, face, source, state = _setup(kit, name)
+    encoder = kit["encoder"]
+    driven = encoder.decode(source, _close_eyes(encoder.neutral_motion(), source))
+    frame = kit["renderer"].render(state, driven)
+    skin = image[face.points[SKIN, 1].astype(int), face.points[SKIN, 0].astype(int)].astype(float).mean(0)
+    for eye in (rig.EYE_RIGHT, rig.EYE_LEFT):
+        region = _polygon_mask(image.shape, face.points, eye, erode=1)
+        before, after = _luma(image[region]), _luma(frame[region])
+        # the dark iris is gone: few dark pixels, and the colour is near the skin's
+        assert (after < 0.45 * _luma(skin)).mean() < 0.5 * (before < 0.45 * _luma(skin)).mean() + 0.02
+        assert np.abs(frame[region].astype(float).mean(0) - skin).max() < 0.3 * 255
+    seen = kit["analyzer"].largest_face(frame).blendshapes
+    if name == "astronaut":
+        assert seen["eyeBlinkLeft"] > 0.5 and seen["eyeBlinkRight"] > 0.5, seen
+    else:  # behind glasses the landmarker hardly reads blinks (0.17 even for an inpainted, closed eye)
+        before = face.blendshapes["eyeBlinkLeft"] + face.blendshapes["eyeBlinkRight"]
+        assert seen["eyeBlinkLeft"] + seen["eyeBlinkRight"] > before + 0.1, seen
+
+
+@pytest.mark.parametrize("name", PORTRAITS)
+@pytest.mark.parametrize("pose", [dict(yaw=10.0), dict(yaw=-10.0), dict(pitch=10.0, roll=-8.0)])
+def test_head_turn_moves_the_head_and_keeps_the_rest(kit, name, pose):
+    image, face, source, state = _setup(kit, name)
+    encoder = kit["encoder"]
+    driven = encoder.decode(source, _open_mouth(_turn(encoder.neutral_motion(), **pose), 0.8))
+    frame = kit["renderer"].render(state, driven)
+    height, width = image.shape[:2]
+    corner = min(height, width) // 12
+    for ys, xs in ((slice(0, corner), slice(0, corner)), (slice(0, corner), slice(-corner, None)),
+                   (slice(-corner, None), slice(0, corner)), (slice(-corner, None), slice(-corner, None))):
+        assert np.array_equal(frame[ys, xs], image[ys, xs])
+    assert np.array_equal(frame[0], image[0]) and np.array_equal(frame[-1], image[-1])
+    # no holes: nothing black (or otherwise empty) that was not there
+    assert (frame.max(-1) <= 8).sum() <= (image.max(-1) <= 8).sum() + 20
+    # the face moved, and where it did the frame is still the photo's colours (no smearing to flat grey)
+    face_box = _polygon_mask(image.shape, face.points, rig.FACE_OVAL)
+    assert np.abs(frame[face_box].astype(int) - image[face_box]).mean() > 4
+    assert abs(frame.astype(float).mean() - image.astype(float).mean()) < 3
+
+
+def test_odd_sized_crop(kit):
+    image = kit["portraits"]["grace_hopper"][0][100:483, :511]
+    face = kit["analyzer"].largest_face(image)
+    encoder, renderer = kit["encoder"], kit["renderer"]
+    source = encoder.encode_source(face.points, image.shape[1::-1])
+    state = renderer.prepare(image, face.points)
+    assert np.array_equal(renderer.render(state, face.points), image)
+    motion = _close_eyes(_open_mouth(_turn(encoder.neutral_motion(), yaw=8.0), 1.2), source)
+    frame = renderer.render(state, encoder.decode(source, motion))
+    assert frame.shape == (383, 511, 3) and frame.dtype == np.uint8
+
+
+def test_save_and_load_keep_the_triangulation(kit, tmp_path):
+    renderer = kit["renderer"]
+    renderer.save_pretrained(tmp_path)
+    loaded = GeometricRenderer.from_pretrained(tmp_path)
+    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
+    assert public(loaded.config) == public(renderer.config)
+    assert loaded.mesh_triangles.equal(renderer.mesh_triangles)
+    image, face, source, state = _setup(kit, "astronaut")
+    driven = kit["encoder"].decode(source, _open_mouth(kit["encoder"].neutral_motion(), 1.0))
+    assert np.array_equal(loaded.render(loaded.prepare(image, face.points), driven),
+                          renderer.render(state, driven))
+
+
+def test_without_mesh_triangulation_falls_back_to_delaunay(kit):
+    image, face, source, _ = _setup(kit, "grace_hopper")
+    renderer = GeometricRenderer()
+    with pytest.warns(UserWarning, match="Delaunay"):
+        state = renderer.prepare(image, face.points)
+    assert np.array_equal(renderer.render(state, face.points), image)
+    encoder = kit["encoder"]
+    frame = renderer.render(state, encoder.decode(source, _open_mouth(encoder.neutral_motion(), 1.2)))
+    assert frame.shape == image.shape

@@ -1,0 +1,110 @@
+"""Precompute what the trainers read: each utterance's audio slices through the whisper encoder.
+
+    python training/precompute_features.py --corpus data/corpus --checkpoint checkpoints/teller-base \
+        --output data/features
+
+Each slice's window is cut exactly as `TellerSession` cuts it while streaming (`slice_windows`,
+`embed_slice_windows`: the same window length and lookahead, read from the checkpoint's generator config),
+so the models train on the features they will see. Motion is padded to whole slices with its last frame.
+Output: a `datasets.DatasetDict` (same splits) with columns audio_features (S, 10, 512) fp16,
+motion (5·S, 69), identity_prior (21, 3), silence (5·S), mouth_opening (5·S), voice, engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+
+from teller_pipeline.audio import SAMPLE_RATE
+from teller_pipeline.models.audio_encoder import TellerAudioEncoder
+from teller_pipeline.motion import MOTION_FEATURES
+from teller_pipeline.streaming import FRAMES_PER_SLICE, embed_slice_windows, slice_windows
+
+
+def pad_frames(values: np.ndarray, frames: int) -> np.ndarray:
+    values = np.asarray(values)
+    if len(values) >= frames:
+        return values[:frames]
+    fill = values[-1:] if len(values) else np.zeros((1, *values.shape[1:]), values.dtype)
+    return np.concatenate([values, np.repeat(fill, frames - len(values), 0)])
+
+
+def main(argv: list[str] | None = None) -> None:
+    from datasets import Array2D, Array3D, DatasetDict, Features, Sequence, Value, load_from_disk
+    from transformers import WhisperFeatureExtractor
+
+    from teller_pipeline.models.motion_generator import MotionGenerator
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", required=True)
+    parser.add_argument("--checkpoint", default="checkpoints/teller-base")
+    parser.add_argument("--generator_config", default=None,
+                        help="folder whose config.json sets the audio window (default: the checkpoint's generator)")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--batch_size", type=int, default=24)
+    parser.add_argument("--num_threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+
+    encoder = TellerAudioEncoder.from_pretrained(os.path.join(args.checkpoint, "audio_encoder")).eval()
+    feature_extractor = WhisperFeatureExtractor.from_pretrained(os.path.join(args.checkpoint, "feature_extractor"))
+    gen_config = MotionGenerator.load_config(args.generator_config or os.path.join(args.checkpoint,
+                                                                                   "motion_generator"))
+    window = int(round(gen_config["audio_window_seconds"] * SAMPLE_RATE))
+    lookahead = int(round(gen_config["audio_lookahead_seconds"] * SAMPLE_RATE))
+    per_slice = gen_config["audio_frames_per_slice"]
+
+    corpus = load_from_disk(args.corpus)
+    features = Features({
+        "audio_features": Array3D(shape=(None, per_slice, encoder.config.d_model), dtype="float16"),
+        "motion": Array2D(shape=(None, MOTION_FEATURES), dtype="float32"),
+        "identity_prior": Array2D(shape=(21, 3), dtype="float32"),
+        "silence": Sequence(Value("bool")),
+        "mouth_opening": Sequence(Value("float32")),
+        "voice": Value("string"),
+        "engine": Value("string"),
+    })
+
+    def rows(split):
+        data = corpus[split].with_format("numpy")
+        start, done_seconds = time.time(), 0.0
+        for i, example in enumerate(data):
+            audio = np.asarray(example["audio"], np.float32)
+            windows = slice_windows(audio, window, lookahead)
+            embeddings = torch.cat([
+                embed_slice_windows(encoder, feature_extractor, windows[b : b + args.batch_size], lookahead,
+                                    per_slice)
+                for b in range(0, len(windows), args.batch_size)
+            ]) if len(windows) else torch.zeros(0, per_slice, encoder.config.d_model)
+            frames = len(windows) * FRAMES_PER_SLICE
+            done_seconds += len(audio) / SAMPLE_RATE
+            if i % 200 == 0:
+                print(f"{split}: {i}/{len(data)} utterances, {done_seconds / 60:.1f} min of speech, "
+                      f"{time.time() - start:.0f} s", flush=True)
+            yield {
+                "audio_features": embeddings.half().numpy(),
+                "motion": pad_frames(example["motion"], frames).astype(np.float32),
+                "identity_prior": np.asarray(example["identity_prior"], np.float32).reshape(21, 3),
+                "silence": pad_frames(np.asarray(example["silence"], bool), frames),
+                "mouth_opening": pad_frames(np.asarray(example["mouth_opening"], np.float32), frames),
+                "voice": str(example["voice"]),
+                "engine": str(example["engine"]),
+            }
+
+    from datasets import Dataset
+
+    out = DatasetDict({
+        split: Dataset.from_generator(rows, gen_kwargs={"split": split}, features=features)
+        for split in corpus
+    })
+    out.save_to_disk(args.output)
+    print(f"saved {args.output}: " + ", ".join(f"{s} {len(d)}" for s, d in out.items()))
+
+
+if __name__ == "__main__":
+    main()

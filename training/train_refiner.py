@@ -1,0 +1,141 @@
+"""Train the temporal refiner (ETM): coarse token-decoded motion → the real motion, causally.
+
+    accelerate launch --cpu --num_processes 1 training/train_refiner.py \
+        --features data/features --tokenizer runs/starter/tokenizer/motion_tokenizer \
+        --output_dir runs/starter/refiner
+
+Input per example: the previous `context_frames` of motion (ground truth plus noise, standing in for the
+refiner's own earlier output), the current slice as the tokenizer reconstructs it, and the slice's audio.
+Target: the current slice's real motion. Writes OUTPUT/temporal_refiner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from teller_pipeline.build_checkpoint import SIZES
+from teller_pipeline.models.motion_tokenizer import MotionTokenizer
+from teller_pipeline.models.temporal_refiner import TemporalRefiner
+from teller_pipeline.streaming import FRAMES_PER_SLICE
+from teller_pipeline.training_utils import (
+    MetricsLog,
+    add_common_args,
+    cosine_schedule,
+    load_features,
+    make_accelerator,
+    register_component_hooks,
+    resume,
+    save_checkpoint,
+)
+
+
+class Slices:
+    """(context, coarse, audio, target) for random slices, all in the tokenizer's normalised space."""
+
+    def __init__(self, data: dict, tokenizer: MotionTokenizer, context_frames: int, seed: int):
+        self.context_frames = context_frames
+        self.rng = np.random.default_rng(seed)
+        self.motion, self.coarse, self.audio = [], [], []
+        with torch.no_grad():
+            for motion, audio in zip(data["motion"], data["audio_features"], strict=True):
+                target = tokenizer.normalize(torch.from_numpy(motion).float())
+                codes = tokenizer.encode(target[None])
+                self.motion.append(target)
+                self.coarse.append(tokenizer.decode(codes)[0])
+                self.audio.append(torch.from_numpy(audio))
+        self.slices = np.array([len(m) // FRAMES_PER_SLICE for m in self.motion])
+        neutral = tokenizer.normalize(torch.zeros(tokenizer.config.motion_dim))
+        self.neutral = neutral
+
+    def batch(self, size: int, context_noise: float = 0.05):
+        items = self.rng.choice(len(self.motion), size, p=self.slices / self.slices.sum())
+        context, coarse, audio, target = [], [], [], []
+        for i in items:
+            k = int(self.rng.integers(0, self.slices[i]))
+            start, stop = k * FRAMES_PER_SLICE, (k + 1) * FRAMES_PER_SLICE
+            past = self.motion[i][max(0, start - self.context_frames) : start]
+            pad = self.neutral.expand(self.context_frames - len(past), -1)  # streams start at rest
+            context.append(torch.cat([pad, past]))
+            coarse.append(self.coarse[i][start:stop])
+            audio.append(self.audio[i][k].float())
+            target.append(self.motion[i][start:stop])
+        context = torch.stack(context)
+        context = context + context_noise * torch.randn(context.shape, generator=torch.Generator().manual_seed(
+            int(self.rng.integers(1 << 31))))
+        return context, torch.stack(coarse), torch.stack(audio), torch.stack(target)
+
+
+def refiner_loss(refined: torch.Tensor, target: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    # Position, velocity (including the step from the last context frame into the slice) and acceleration.
+    full_refined = torch.cat([context[:, -1:], refined], 1)
+    full_target = torch.cat([context[:, -1:], target], 1)
+    return (F.mse_loss(refined, target) + F.mse_loss(full_refined.diff(dim=1), full_target.diff(dim=1))
+            + 0.5 * F.mse_loss(full_refined.diff(n=2, dim=1), full_target.diff(n=2, dim=1)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, default_steps=3000)
+    parser.add_argument("--tokenizer", required=True, help="a motion_tokenizer folder")
+    args = parser.parse_args(argv)
+    accelerator = make_accelerator(args)
+
+    tokenizer = MotionTokenizer.from_pretrained(args.tokenizer).eval()
+    model = TemporalRefiner(**SIZES[args.size]["refiner"])
+    train = Slices(load_features(args.features, "train"), tokenizer, model.config.context_frames, args.seed)
+    validation = Slices(load_features(args.features, "validation"), tokenizer, model.config.context_frames,
+                        args.seed + 1)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    scheduler = cosine_schedule(optimizer, args.lr_warmup_steps, args.max_train_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    register_component_hooks(accelerator, "temporal_refiner", TemporalRefiner)
+    step = resume(accelerator, args)
+    train.rng = np.random.default_rng(args.seed + step)
+    log = MetricsLog(accelerator, args.output_dir, "train_refiner")
+
+    model.train()
+    while step < args.max_train_steps:
+        context, coarse, audio, target = (t.to(accelerator.device) for t in train.batch(args.train_batch_size))
+        with accelerator.accumulate(model):
+            loss = refiner_loss(model(context, coarse, audio), target, context)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        if accelerator.sync_gradients:
+            step += 1
+            if step % 50 == 0:
+                log.log(step, loss=loss.item(), lr=scheduler.get_last_lr()[0])
+            if step % args.validation_steps == 0 or step == args.max_train_steps:
+                log.log(step, **evaluate(accelerator.unwrap_model(model), validation))
+                model.train()
+            if step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, args, step)
+
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).eval().save_pretrained(os.path.join(args.output_dir, "temporal_refiner"))
+        accelerator.print(f"saved {args.output_dir}/temporal_refiner")
+    accelerator.end_training()
+
+
+@torch.no_grad()
+def evaluate(model: TemporalRefiner, slices: Slices, batches: int = 8) -> dict[str, float]:
+    """Refiner on vs off (coarse tokens only): error against the real motion, in normalised units."""
+    model.eval()
+    on, off = [], []
+    for _ in range(batches):
+        context, coarse, audio, target = slices.batch(128, context_noise=0.0)
+        on.append(F.mse_loss(model(context, coarse, audio), target).item())
+        off.append(F.mse_loss(coarse, target).item())
+    return {"val_mse_refined": float(np.mean(on)), "val_mse_coarse": float(np.mean(off))}
+
+
+if __name__ == "__main__":
+    main()
