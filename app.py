@@ -1,0 +1,473 @@
+"""Teller web demo: make a portrait photo speak, from a speech file (Generate) or live from a microphone (Live).
+
+`python app.py` serves it locally on a CPU; the same file runs on a ZeroGPU Hugging Face Space. The app is a thin
+layer over one `TellerPipeline`: the Generate tab calls it once per request, the Live tab runs one streaming
+session per visitor and sends the frames back as short video segments with the visitor's own voice.
+
+Settings (environment): TELLER_CHECKPOINT (folder or Hub id, default the bundled checkpoints/teller-base),
+TELLER_LIVE_SECONDS (time limit of a live session), TELLER_LIVE_SESSIONS (live sessions run at once),
+TELLER_MAX_SPEECH_SECONDS (longest speech the Generate tab accepts).
+"""
+
+# ZeroGPU patches torch when `spaces` is imported, so it must come before anything that imports torch.
+import spaces  # isort: skip
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import torch
+
+from teller_pipeline import FaceNotFoundError, ImageError, TellerPipeline
+from teller_pipeline.audio import SAMPLE_RATE, AudioError, load_audio
+from teller_pipeline.pipeline_teller import PreparedSource
+from teller_pipeline.streaming import FPS
+from teller_pipeline.video import TSSegmentWriter
+
+logger = logging.getLogger("teller.app")
+
+ROOT = Path(__file__).resolve().parent
+EXAMPLES = ROOT / "examples"
+CHECKPOINT = os.environ.get("TELLER_CHECKPOINT", str(ROOT / "checkpoints" / "teller-base"))
+MODEL_ID = os.environ.get("TELLER_MODEL_ID", "teller/teller-base")  # the model repo on the Hub
+MAX_SPEECH_SECONDS = float(os.environ.get("TELLER_MAX_SPEECH_SECONDS", 60))
+LIVE_SECONDS = float(os.environ.get("TELLER_LIVE_SECONDS", 60))
+# Without a chunk for this long, the visitor is gone (closed tab, lost network) even if no event said so.
+IDLE_SECONDS = 5.0
+LIVE_SIZES = [256, 384, 512]  # longest side of live frames: small enough for a CPU to keep up with speech
+LIVE_DEFAULT_SIZE = 384
+# Gradio 6.31's microphone sends 0.1 s chunks whatever `stream_every` asks for (its frontend fixes it); say so.
+CHUNK_SECONDS = 0.1
+
+ZERO_GPU = spaces.config.Config.zero_gpu
+DEVICE = "cuda" if ZERO_GPU or torch.cuda.is_available() else "cpu"
+# On a CPU every session competes for the same cores: one live session at a time keeps it real time. The
+# Generate tab has its own limit, so a long live session never blocks it.
+LIVE_SESSIONS = int(os.environ.get("TELLER_LIVE_SESSIONS", 4 if DEVICE == "cuda" else 1))
+if DEVICE == "cpu":
+    # Measured on 2 shared cores: one intra-op thread ran a live slice 2-4x faster than two, whose threads spin
+    # against each other and against the renderer, ffmpeg and the web server.
+    torch.set_num_threads(int(os.environ.get("TELLER_TORCH_THREADS", 1)))
+
+# ---------------------------------------------------------------------------------------------------- the model
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    pipe = TellerPipeline.from_pretrained(CHECKPOINT)
+# Only the neural parts go to the GPU: face analysis, the motion encoder and the renderer are numpy/MediaPipe
+# code that runs on the CPU, so a portrait can be analysed outside a (ZeroGPU) GPU call.
+for _name in ("audio_encoder", "motion_generator", "motion_tokenizer", "temporal_refiner"):
+    getattr(pipe, _name).to(DEVICE)
+# diffusers' progress bar, which gr.Progress(track_tqdm=True) turns into the Generate tab's progress bar.
+pipe.set_progress_bar_config(desc="Animating", leave=False)
+
+if DEVICE == "cpu":
+    # Pay MediaPipe's start-up and the first torch calls now rather than in the first visitor's session.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe.start_session(pipe.prepare_source(EXAMPLES / "astronaut.png", 256)).push(np.zeros(8000, np.float32))
+
+
+# ---------------------------------------------------------------------------------------------- visitor errors
+def _short(message: str) -> str:
+    """Visitors' files arrive as long temporary paths; their own file name is the last part."""
+    return " ".join(Path(word).name if word.startswith(("/", tempfile.gettempdir())) else word
+                    for word in message.split(" "))
+
+
+@contextlib.contextmanager
+def visitor_errors() -> Iterator[None]:
+    """Turn the pipeline's exceptions into plain-language messages; anything unexpected is logged, not shown."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except FaceNotFoundError as error:
+        raise gr.Error("No face was found in this photo. Try a clear, well-lit portrait with the face "
+                       "looking toward the camera.", print_exception=False) from error
+    except ImageError as error:
+        raise gr.Error(f"This photo cannot be used: {_short(str(error))}", print_exception=False) from error
+    except AudioError as error:
+        if "the limit is" in str(error):  # the pipeline's "too long" message names a developer setting
+            raise gr.Error(f"The speech is too long: this demo animates up to {MAX_SPEECH_SECONDS:g} s. "
+                           "Please trim it.", print_exception=False) from error
+        raise gr.Error(f"This speech cannot be used: {_short(str(error))}", print_exception=False) from error
+    except ValueError as error:  # the pipeline's other input checks, e.g. a session past its length limit
+        raise gr.Error(_short(str(error)), print_exception=False) from error
+    except Exception as error:
+        logger.exception("unexpected error")
+        raise gr.Error("Something went wrong on our side. Please try again.") from error
+
+
+# ------------------------------------------------------------------------------------------------ Generate tab
+def _generate_budget(portrait: str, speech: np.ndarray, controls: dict, max_size: int, output: str) -> int:
+    """ZeroGPU time to reserve: start-up plus a generous real-time factor for this speech."""
+    return int(20 + 1.5 * len(speech) / SAMPLE_RATE)
+
+
+@spaces.GPU(duration=_generate_budget)
+def _animate(portrait: str, speech: np.ndarray, controls: dict, max_size: int, output: str) -> str:
+    pipe(portrait, speech, max_size=max_size, output_path=output, **controls)
+    return output
+
+
+OUTPUTS = Path(tempfile.mkdtemp(prefix="teller-outputs-"))
+
+
+def generate(
+    portrait: str | None,
+    speech: str | None,
+    head_motion: float = 1.0,
+    expression: float = 1.0,
+    blinks_per_minute: float = 15.0,
+    seed: float = 0,
+    output_size: int = 512,
+    progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's way to ask for a progress bar)
+) -> str:
+    """Animate a portrait with a speech file; returns the MP4 (H.264 + AAC)."""
+    if not portrait:
+        raise gr.Error("Please add a portrait photo first.")
+    if not speech:
+        raise gr.Error("Please add some speech: upload a file or record with the microphone.")
+    _remove_old_files(OUTPUTS, max_age=3600)
+    controls = dict(seed=int(seed), head_motion_scale=head_motion, expression_scale=expression,
+                    blinks_per_minute=blinks_per_minute)
+    with visitor_errors():
+        samples = load_audio(speech, max_seconds=MAX_SPEECH_SECONDS)
+        output = tempfile.mkstemp(suffix=".mp4", prefix="teller-", dir=OUTPUTS)[1]
+        return _animate(portrait, samples, controls, int(output_size), output)
+
+
+def _example(portrait: str, speech: str, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> str:  # noqa: B008
+    """The examples run with the default settings."""
+    return generate(portrait, speech)
+
+
+def _remove_old_files(directory: Path, max_age: float) -> None:
+    """Gradio keeps its own copy of every result, so ours are only needed briefly."""
+    now = time.time()
+    for path in directory.iterdir():
+        with contextlib.suppress(OSError):
+            if now - path.stat().st_mtime > max_age:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+# ---------------------------------------------------------------------------------------------------- Live tab
+# On ZeroGPU the GPU function runs in a forked worker, so chunks must travel through a Manager queue proxy; on a
+# CPU a plain queue does the same without a helper process.
+_make_queue = multiprocessing.Manager().Queue if ZERO_GPU else queue.Queue
+
+
+class LiveSessions:
+    """Per-visitor state keyed by Gradio's session hash; every method is safe to call from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: dict[str, queue.Queue] = {}  # session hash → the chunk queue of its running session
+        self._portraits: dict[str, tuple[tuple[str, int], PreparedSource]] = {}
+
+    def open(self, key: str) -> queue.Queue:
+        """A fresh chunk queue for a new session; a session still running for this visitor is told to end."""
+        chunks = _make_queue()
+        with self._lock:
+            old, self._live[key] = self._live.get(key), chunks
+        if old is not None:
+            old.put(None)
+        return chunks
+
+    def close(self, key: str, chunks: queue.Queue) -> None:
+        with self._lock:
+            if self._live.get(key) is chunks:
+                del self._live[key]
+
+    def push(self, key: str, chunk: tuple[int, np.ndarray]) -> bool:
+        """Hand a chunk to the visitor's running session; without one (still queued, or ended) it is dropped."""
+        with self._lock:
+            chunks = self._live.get(key)
+        if chunks is not None:
+            chunks.put(chunk)
+        return chunks is not None
+
+    def stop(self, key: str, forget: bool = False) -> None:
+        """End the visitor's running session (the sentinel lets it finish its last frames); `forget` also
+        drops the analysed portrait (the visitor left)."""
+        with self._lock:
+            chunks = self._live.pop(key, None)
+            if forget:
+                self._portraits.pop(key, None)
+        if chunks is not None:
+            chunks.put(None)
+
+    def is_live(self, key: str) -> bool:
+        with self._lock:
+            return key in self._live
+
+    def portrait(self, key: str, path: str, max_size: int) -> PreparedSource:
+        """The visitor's portrait analysed once: reused by every session until they pick another."""
+        with self._lock:
+            cached = self._portraits.get(key)
+        if cached is not None and cached[0] == (path, max_size):
+            return cached[1]
+        prepared = pipe.prepare_source(path, max_size)
+        with self._lock:
+            self._portraits[key] = ((path, max_size), prepared)
+        return prepared
+
+
+SESSIONS = LiveSessions()
+
+
+class VoiceTrack:
+    """The visitor's own voice, cut into the spans of the frames the model returns (frame i covers
+    [i/25, (i+1)/25) s of the speech), so each segment plays with exactly its audio."""
+
+    def __init__(self) -> None:
+        self.rate: int | None = None
+        self.buffer = np.zeros(0, np.float32)
+        self.start = 0  # absolute index of buffer[0]
+        self.frames = 0
+
+    def add(self, samples: np.ndarray, rate: int) -> None:
+        mono = np.asarray(samples)
+        mono = mono / 32768.0 if mono.dtype == np.int16 else mono.astype(np.float32)
+        mono = mono.mean(axis=1) if mono.ndim == 2 else mono
+        if self.rate is None:
+            self.rate = int(rate)
+        elif rate != self.rate:  # browsers keep one rate per recording; this only guards the arithmetic
+            mono = np.interp(np.arange(0, len(mono), rate / self.rate), np.arange(len(mono)), mono)
+        self.buffer = np.concatenate([self.buffer, mono.astype(np.float32)])
+
+    def take(self, num_frames: int) -> np.ndarray:
+        rate = self.rate or SAMPLE_RATE
+        begin, end = (round(f * rate / FPS) for f in (self.frames, self.frames + num_frames))
+        self.frames += num_frames
+        out = np.zeros(end - begin, np.float32)  # past the end of the speech (the final frames): silence
+        got = self.buffer[begin - self.start : end - self.start]
+        out[: len(got)] = got
+        drop = min(end - self.start, len(self.buffer))
+        self.buffer, self.start = self.buffer[drop:], self.start + drop
+        return out
+
+
+@spaces.GPU(duration=int(LIVE_SECONDS) + 30)
+def _live_frames(
+    prepared: PreparedSource, controls: dict, chunks: queue.Queue, seconds: float, idle_seconds: float
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """The one GPU call of a live session: audio chunks from `chunks` in, (frames, their audio, rate) out,
+    until the sentinel None, `seconds` of session time, or `idle_seconds` without a chunk."""
+    session = pipe.start_session(prepared, **controls)
+    voice = VoiceTrack()
+    deadline = time.monotonic() + seconds
+    ended = False
+    while not ended and time.monotonic() < deadline:
+        try:
+            batch = [chunks.get(timeout=min(idle_seconds, max(deadline - time.monotonic(), 0.01)))]
+        except queue.Empty:
+            break
+        # A slow machine falls behind: take everything waiting at once, so it catches up in one larger segment
+        # instead of many small ones.
+        with contextlib.suppress(queue.Empty):
+            while batch[-1] is not None:
+                batch.append(chunks.get_nowait())
+        frames: list[np.ndarray] = []
+        for chunk in batch:
+            if chunk is None:
+                ended = True
+                break
+            rate, samples = chunk
+            voice.add(samples, rate)
+            frames += session.push(samples, rate)
+        if frames:
+            yield np.stack(frames), voice.take(len(frames)), voice.rate
+    frames = session.finish()
+    if frames:
+        yield np.stack(frames), voice.take(len(frames)), voice.rate or SAMPLE_RATE
+
+
+def analyse_portrait(portrait: str | None, size: int, request: gr.Request) -> str:
+    """Analyse the Live tab's portrait as soon as it is chosen, so recording starts without that delay."""
+    if not portrait:
+        return "Choose a portrait, then press **Record** and speak."
+    with visitor_errors():
+        SESSIONS.portrait(request.session_hash, portrait, int(size))
+    return "Portrait ready: press **Record** and speak."
+
+
+def live_session(
+    portrait: str | None,
+    head_motion: float,
+    expression: float,
+    blinks_per_minute: float,
+    size: int,
+    request: gr.Request,
+) -> Iterator[str]:
+    """Started by the microphone's record button: yields one MP4 segment (H.264 + PCM) per batch of frames."""
+    key = request.session_hash
+    if not portrait:
+        raise gr.Error("Please choose a portrait first.")
+    chunks = SESSIONS.open(key)  # first, so no chunk of the speech is dropped while the portrait is analysed
+    segments = Path(tempfile.mkdtemp(prefix="teller-live-"))
+    frames = None
+    writer = None
+    started = time.monotonic()
+    try:
+        with visitor_errors():
+            prepared = SESSIONS.portrait(key, portrait, int(size))
+            controls = dict(head_motion_scale=head_motion, expression_scale=expression,
+                            blinks_per_minute=blinks_per_minute)
+            frames = _live_frames(prepared, controls, chunks, LIVE_SECONDS, IDLE_SECONDS)
+            for batch, audio, rate in frames:
+                if writer is None:
+                    height, width = batch.shape[1:3]
+                    writer = TSSegmentWriter(FPS, rate, width, height, target="gradio")
+                    logger.info("live %s: first video %.2f s after recording started", key[:8],
+                                time.monotonic() - started)
+                logger.debug("live %s: %d frames at %.2f s", key[:8], len(batch), time.monotonic() - started)
+                yield str(writer.write_file(segments, list(batch), audio))
+    finally:
+        if frames is not None:
+            frames.close()  # the visitor left mid-session: end the model's loop too
+        if writer is not None:
+            writer.close()
+        SESSIONS.close(key, chunks)
+        shutil.rmtree(segments, ignore_errors=True)
+
+
+def live_chunk(chunk: tuple[int, np.ndarray] | None, request: gr.Request) -> None:
+    """Each microphone chunk, (rate, int16 samples), goes to the visitor's running session."""
+    if chunk is not None:
+        SESSIONS.push(request.session_hash, chunk)
+
+
+def live_stop(request: gr.Request) -> None:
+    SESSIONS.stop(request.session_hash)
+
+
+def visitor_left(request: gr.Request) -> None:
+    SESSIONS.stop(request.session_hash, forget=True)
+
+
+# ------------------------------------------------------------------------------------------------------ layout
+def _model_card_url() -> str:
+    card = Path(CHECKPOINT) / "README.md"
+    if card.is_file() and not os.environ.get("SPACE_ID"):
+        return f"/gradio_api/file={card}"
+    return f"https://huggingface.co/{MODEL_ID}"
+
+
+def _controls() -> tuple[gr.Slider, gr.Slider, gr.Slider]:
+    return (
+        gr.Slider(0, 2, value=1.0, step=0.05, label="Head motion", info="0 keeps the head still"),
+        gr.Slider(0, 2, value=1.0, step=0.05, label="Expression", info="lips, jaw and brows"),
+        gr.Slider(0, 60, value=15, step=1, label="Blinks per minute"),
+    )
+
+
+HEADER = f"""
+# Teller
+Make a portrait photo speak: from a speech file, or live from your microphone, in real time on a CPU.
+[Model card]({_model_card_url()}) · method: *Teller: Real-Time Streaming Audio-Driven Portrait Animation with
+Autoregressive Motion Generation* (CVPR 2025)
+"""
+
+FOOTER = """
+**Limitations.** One face per photo (the largest is animated), facing roughly toward the camera. The motion
+comes from a small model trained on synthetic speech; lip sync is approximate and the face is moved by geometry,
+so large head turns, hands, glasses and hair over the face look wrong.
+
+**Use it responsibly.** Only animate photos of people who agreed to it, or of yourself. Do not use Teller to
+impersonate anyone, to deceive, or to make someone appear to say what they did not say; say that a video is
+generated when you share it.
+"""
+
+PORTRAITS = [str(EXAMPLES / "astronaut.png"), str(EXAMPLES / "grace_hopper.jpg")]
+
+with gr.Blocks(title="Teller: make a portrait speak", delete_cache=(3600, 3600)) as demo:
+    gr.Markdown(HEADER)
+    with gr.Tabs():
+        with gr.Tab("Generate", id="generate"):
+            with gr.Row(equal_height=False):
+                with gr.Column():
+                    portrait = gr.Image(label="Portrait", type="filepath", sources=["upload", "webcam", "clipboard"],
+                                        height=320)
+                    speech = gr.Audio(label="Speech", type="filepath", sources=["upload", "microphone"])
+                    with gr.Accordion("Settings", open=False):
+                        head_motion, expression, blinks = _controls()
+                        seed = gr.Number(value=0, precision=0, label="Seed", info="same seed, same video")
+                        output_size = gr.Radio([256, 384, 512, 768, 1024], value=512, label="Output size",
+                                               info="longest side in pixels; larger photos are downscaled")
+                    animate = gr.Button("Animate", variant="primary")
+                with gr.Column():
+                    result = gr.Video(label="Talking portrait", autoplay=True, height=480)
+            gr.Examples(
+                examples=[
+                    [PORTRAITS[1], str(EXAMPLES / "arctic_a0009.wav")],
+                    [PORTRAITS[0], str(EXAMPLES / "speech_flite_slt.wav")],
+                    [PORTRAITS[0], str(EXAMPLES / "arctic_a0007.wav")],
+                ],
+                inputs=[portrait, speech],
+                outputs=result,
+                fn=_example,
+                cache_examples=True,
+                cache_mode="lazy",
+                label="Examples (real recordings from CMU ARCTIC, and a synthesized voice)",
+            )
+            animate.click(
+                generate,
+                [portrait, speech, head_motion, expression, blinks, seed, output_size],
+                result,
+                api_name="generate",
+                concurrency_limit=1 if DEVICE == "cpu" else 2,
+                concurrency_id="generate",
+            )
+
+        with gr.Tab("Live", id="live"):
+            with gr.Row(equal_height=False):
+                with gr.Column():
+                    live_portrait = gr.Image(label="Portrait", type="filepath",
+                                             sources=["upload", "webcam", "clipboard"], height=320)
+                    gr.Examples(PORTRAITS, inputs=live_portrait, label="Portraits")
+                    with gr.Accordion("Settings", open=False):
+                        live_head, live_expression, live_blinks = _controls()
+                        live_size = gr.Radio(LIVE_SIZES, value=LIVE_DEFAULT_SIZE, label="Video size",
+                                             info="larger needs a faster machine to keep up with your voice")
+                with gr.Column():
+                    live_status = gr.Markdown("Choose a portrait, then press **Record** and speak.")
+                    mic = gr.Audio(label="Your voice", sources=["microphone"], streaming=True, type="numpy")
+                    live_video = gr.Video(label="Live", streaming=True, autoplay=True, interactive=False,
+                                          height=480, elem_id="live-video")
+                    gr.Markdown(f"A live session lasts up to {LIVE_SECONDS:g} s. Headphones avoid echo.")
+            gr.on([live_portrait.change, live_size.change], analyse_portrait, [live_portrait, live_size],
+                  live_status, api_name=False)
+            mic.start_recording(
+                live_session,
+                [live_portrait, live_head, live_expression, live_blinks, live_size],
+                live_video,
+                api_name=False,
+                concurrency_limit=LIVE_SESSIONS,
+                concurrency_id="live",
+            )
+            # Its own, unlimited concurrency: the chunk handler only queues the chunk, and it must run while that
+            # visitor's session holds its "live" slot. The time limit ends a recording the visitor forgot.
+            mic.stream(live_chunk, mic, None, stream_every=CHUNK_SECONDS, time_limit=LIVE_SECONDS,
+                       concurrency_limit=None, api_name=False, show_progress="hidden")
+            mic.stop_recording(live_stop, None, None, api_name=False, show_progress="hidden")
+    gr.Markdown(FOOTER)
+    demo.unload(visitor_left)
+
+LAUNCH_OPTIONS = dict(theme=gr.themes.Soft(), allowed_paths=[str(EXAMPLES), str(Path(CHECKPOINT) / "README.md")])
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    logger.setLevel(os.environ.get("TELLER_LOG_LEVEL", "INFO"))
+    demo.launch(**LAUNCH_OPTIONS)

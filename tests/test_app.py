@@ -1,0 +1,222 @@
+"""The Gradio app: the Generate endpoint through gradio_client, and the Live tab's streaming handlers called
+directly (gradio_client cannot drive `.stream` events; the browser test covers them end to end)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from teller_pipeline.audio import load_audio
+from teller_pipeline.video import probe_media
+
+from .conftest import ASTRONAUT, GRACE_HOPPER, REAL_SPEECH
+
+gr = pytest.importorskip("gradio")
+gradio_client = pytest.importorskip("gradio_client")
+
+MIC_RATE = 48_000
+CHUNK = MIC_RATE // 10  # Gradio's microphone sends 0.1 s chunks
+
+
+@pytest.fixture(scope="module")
+def app():
+    import app as app_module
+
+    return app_module
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app.demo.launch(prevent_thread_lock=True, server_port=port, quiet=True, **app.LAUNCH_OPTIONS)
+    try:
+        yield gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        app.demo.close()
+
+
+@pytest.fixture(scope="module")
+def mic_speech() -> np.ndarray:
+    """The real recording as a browser microphone sends it: 48 kHz int16."""
+    speech = load_audio(REAL_SPEECH)
+    upsampled = np.interp(np.arange(len(speech) * 3) / 3, np.arange(len(speech)), speech)
+    return (upsampled * 32767).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def no_face(tmp_path_factory) -> str:
+    landscape = np.zeros((240, 320, 3), np.uint8)
+    landscape[:120] = (110, 160, 230)
+    landscape[120:] = (60, 120, 40)
+    path = tmp_path_factory.mktemp("photos") / "landscape.png"
+    Image.fromarray(landscape).save(path)
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------------------ Generate
+def test_generate_endpoint_returns_mp4_with_video_and_speech(client, tmp_path):
+    import soundfile as sf
+
+    speech = load_audio(REAL_SPEECH)[: int(1.6 * 16000)]
+    sf.write(tmp_path / "speech.wav", speech, 16000)
+    handle = gradio_client.handle_file
+    result = client.predict(handle(str(GRACE_HOPPER)), handle(str(tmp_path / "speech.wav")),
+                            1.0, 1.0, 15, 0, 256, api_name="/generate")
+    info = probe_media(result["video"] if isinstance(result, dict) else result)
+    assert (info["video_codec"], info["audio_codec"]) == ("h264", "aac")
+    assert info["frame_count"] == 40  # 1.6 s at 25 fps
+    assert max(info["width"], info["height"]) == 256
+    assert info["video_duration"] == pytest.approx(1.6, abs=0.01)
+    assert info["audio_duration"] == pytest.approx(1.6, abs=0.05)
+
+
+def test_generate_errors_are_plain_language(client, app, no_face, tmp_path, monkeypatch):
+    handle = gradio_client.handle_file
+    speech = handle(str(REAL_SPEECH))
+    with pytest.raises(gradio_client.exceptions.AppError, match="No face was found in this photo"):
+        client.predict(handle(no_face), speech, 1.0, 1.0, 15, 0, 256, api_name="/generate")
+    broken = tmp_path / "voice.wav"
+    broken.write_bytes(b"RIFF not really a wave file")
+    with pytest.raises(gradio_client.exceptions.AppError, match="This speech cannot be used: voice.wav"):
+        client.predict(handle(str(ASTRONAUT)), handle(str(broken)), 1.0, 1.0, 15, 0, 256, api_name="/generate")
+    with pytest.raises(gradio_client.exceptions.AppError, match="Please add a portrait"):
+        client.predict(None, speech, 1.0, 1.0, 15, 0, 256, api_name="/generate")
+    monkeypatch.setattr(app, "MAX_SPEECH_SECONDS", 2.0)  # the server runs in this process
+    with pytest.raises(gradio_client.exceptions.AppError, match="too long: this demo animates up to 2 s"):
+        client.predict(handle(str(ASTRONAUT)), speech, 1.0, 1.0, 15, 0, 256, api_name="/generate")
+
+
+# ---------------------------------------------------------------------------------------------------- Live
+class Visitor:
+    """One browser session driving the Live handlers as Gradio would: the record button starts
+    `live_session`, the microphone calls `live_chunk` every 0.1 s, the stop button calls `live_stop`."""
+
+    def __init__(self, app, name: str, portrait: str, size: int = 256):
+        self.app, self.portrait, self.size = app, portrait, size
+        self.request = gr.Request(session_hash=name)
+        self.segments: list[dict] = []
+        self.error: BaseException | None = None
+        self.ended_at: float | None = None
+
+    def speak(self, samples: np.ndarray, stop: bool = True, pace: float = 0.0) -> None:
+        """Send the speech once the session is listening, then press stop (or not)."""
+        deadline = time.monotonic() + 30
+        while not self.app.SESSIONS.is_live(self.request.session_hash):
+            assert time.monotonic() < deadline, "the session never started listening"
+            time.sleep(0.01)
+        for start in range(0, len(samples), CHUNK):
+            self.app.live_chunk((MIC_RATE, samples[start : start + CHUNK]), self.request)
+            time.sleep(pace)
+        if stop:
+            self.app.live_stop(self.request)
+
+    def run(self) -> None:
+        """Consume the session's segments; each is probed at once (the session deletes them when it ends)."""
+        try:
+            for path in self.app.live_session(self.portrait, 1.0, 1.0, 15, self.size, self.request):
+                self.segments.append(probe_media(path) | {"path": path})
+        except BaseException as error:  # noqa: B036 (re-raised in the test's thread)
+            self.error = error
+        self.ended_at = time.monotonic()
+
+    def talk(self, samples: np.ndarray, stop: bool = True, pace: float = 0.0) -> threading.Thread:
+        listener = threading.Thread(target=self.run)
+        listener.start()
+        self.speak(samples, stop, pace)
+        return listener
+
+    @property
+    def frames(self) -> int:
+        return sum(s["frame_count"] for s in self.segments)
+
+
+def test_live_chunks_in_segments_out(app, mic_speech):
+    visitor = Visitor(app, "live-basic", str(ASTRONAUT))
+    speech = mic_speech[: int(1.2 * MIC_RATE)]
+    visitor.talk(speech).join(60)
+    assert visitor.error is None and visitor.ended_at is not None
+    assert visitor.frames == 30  # 1.2 s of speech at 25 fps
+    for segment in visitor.segments:
+        assert (segment["video_codec"], segment["audio_codec"]) == ("h264", "pcm_s16le")
+        assert (segment["width"], segment["height"]) == (256, 256)
+        # Gradio decodes each chunk's audio on its own: it must be exactly as long as the chunk's video.
+        assert segment["audio_duration"] == pytest.approx(segment["frame_count"] / 25, abs=1e-3)
+        assert not Path(segment["path"]).exists()  # cleaned up with the session
+    assert not app.SESSIONS.is_live("live-basic")
+
+
+def test_live_ends_on_idle_timeout_and_on_time_limit(app, mic_speech, monkeypatch):
+    monkeypatch.setattr(app, "IDLE_SECONDS", 0.5)
+    quiet = Visitor(app, "live-idle", str(ASTRONAUT))
+    listener = quiet.talk(mic_speech[: int(1.2 * MIC_RATE)], stop=False)  # a tab that vanished: no stop
+    listener.join(60)
+    assert not listener.is_alive() and quiet.error is None
+    assert quiet.frames == 30  # what it heard is still rendered to the end
+
+    monkeypatch.setattr(app, "LIVE_SECONDS", 1.0)
+    chatty = Visitor(app, "live-limit", str(ASTRONAUT))
+    listener = chatty.talk(mic_speech, stop=False, pace=0.1)  # 3.1 s of speech in real time, never stopped
+    sent_at = time.monotonic()
+    listener.join(60)
+    assert chatty.error is None and chatty.ended_at is not None
+    assert chatty.ended_at < sent_at + 0.5  # the session ended at its limit, before the speech did
+    assert 0 < chatty.frames < 25 * 3.1
+
+
+def test_live_bad_portrait_is_a_plain_error(app, no_face, tmp_path, mic_speech):
+    request = gr.Request(session_hash="live-bad")
+    with pytest.raises(gr.Error, match="No face was found"):
+        app.analyse_portrait(no_face, 256, request)
+    broken = tmp_path / "selfie.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    with pytest.raises(gr.Error, match="This photo cannot be used: selfie.jpg"):
+        app.analyse_portrait(str(broken), 256, request)
+    visitor = Visitor(app, "live-bad", no_face)
+    visitor.talk(mic_speech[:CHUNK], stop=False).join(60)  # the mic started anyway: its chunk is dropped
+    assert isinstance(visitor.error, gr.Error) and "No face" in visitor.error.message
+    assert not app.SESSIONS.is_live("live-bad")
+    # Chunks from a visitor with no running session (queued, or after an error) are dropped quietly.
+    app.live_chunk((MIC_RATE, mic_speech[:CHUNK]), request)
+
+
+def test_portrait_is_analysed_once_per_visitor(app, mic_speech, monkeypatch):
+    calls = []
+    original = app.pipe.prepare_source
+    monkeypatch.setattr(app.pipe, "prepare_source", lambda *a, **k: calls.append(a) or original(*a, **k))
+    visitor = Visitor(app, "live-once", str(GRACE_HOPPER))
+    assert "ready" in app.analyse_portrait(str(GRACE_HOPPER), 256, visitor.request)
+    for _ in range(2):
+        visitor.segments = []
+        visitor.talk(mic_speech[: int(1.0 * MIC_RATE)]).join(60)
+        assert visitor.error is None and visitor.frames == 25
+    assert len(calls) == 1
+
+
+def test_two_visitors_are_isolated(app, mic_speech):
+    alice = Visitor(app, "live-alice", str(ASTRONAUT))
+    bob = Visitor(app, "live-bob", str(GRACE_HOPPER))
+    listeners = [threading.Thread(target=v.run) for v in (alice, bob)]
+    for listener in listeners:
+        listener.start()
+    # Alice speaks 1 s and stops; Bob goes on for 1.6 s and leaves (closes the tab) instead of stopping.
+    talkers = [threading.Thread(target=alice.speak, args=(mic_speech[: int(1.0 * MIC_RATE)],)),
+               threading.Thread(target=bob.speak, args=(mic_speech[: int(1.6 * MIC_RATE)], False))]
+    for talker in talkers:
+        talker.start()
+    for talker in talkers:
+        talker.join(60)
+    app.visitor_left(bob.request)
+    for listener in listeners:
+        listener.join(60)
+    assert alice.error is None and bob.error is None
+    assert (alice.frames, bob.frames) == (25, 40)
+    assert {(s["width"], s["height"]) for s in alice.segments} == {(256, 256)}
+    assert {(s["width"], s["height"]) for s in bob.segments} == {(218, 256)}
