@@ -212,6 +212,11 @@ class LiveSessions:
         with self._lock:
             return key in self._live
 
+    def count(self) -> int:
+        """Sessions running now (for monitoring and tests)."""
+        with self._lock:
+            return len(self._live)
+
     def portrait(self, key: str, path: str, max_size: int) -> PreparedSource:
         """The visitor's portrait analysed once: reused by every session until they pick another."""
         with self._lock:

@@ -1,0 +1,180 @@
+"""The app in a real browser: Debian's chromium, driven by Playwright, with a speech file as its microphone.
+
+Playwright never downloads a browser here: it is pointed at /usr/bin/chromium, and the tests skip without it.
+Screenshots of both tabs go to $TELLER_SCREENSHOTS (default: pytest's temporary directory).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .conftest import EXAMPLES
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed"),
+]
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+# The live <video>: where playback is, and a 32x32 thumbnail of the frame on screen (to see it change).
+VIDEO_STATE = """() => {
+  const v = document.querySelector('#live-video video');
+  if (!v) return null;
+  let thumb = null;
+  if (v.readyState >= 2 && v.videoWidth) {
+    const canvas = document.createElement('canvas');
+    canvas.width = canvas.height = 32;
+    const g = canvas.getContext('2d');
+    g.drawImage(v, 0, 0, 32, 32);
+    thumb = Array.from(g.getImageData(0, 0, 32, 32).data);
+  }
+  return {time: v.currentTime, paused: v.paused, width: v.videoWidth, thumb};
+}"""
+
+
+@pytest.fixture(scope="module")
+def server():
+    import app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app.demo.launch(prevent_thread_lock=True, server_port=port, quiet=True, **app.LAUNCH_OPTIONS)
+    try:
+        yield app, f"http://127.0.0.1:{port}/"
+    finally:
+        app.demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    import soundfile as sf
+
+    # The fake microphone plays this file in a loop from the moment recording starts.
+    speech, rate = sf.read(EXAMPLES / "speech_flite_slt.wav", dtype="int16")
+    mic = tmp_path_factory.mktemp("mic") / "speech.wav"
+    sf.write(mic, speech, rate, subtype="PCM_16")
+    with playwright_api.sync_playwright() as p:
+        chromium = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                  f"--use-file-for-fake-audio-capture={mic}", "--autoplay-policy=no-user-gesture-required"],
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1280, "height": 1000}, permissions=["microphone"])
+    page = context.new_page()
+    page.goto(server[1], wait_until="load")  # "networkidle" never comes: Gradio keeps a stream open
+    page.get_by_role("heading", name="Teller").wait_for(timeout=30_000)
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get("TELLER_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _shown(page, text: str):
+    """The first visible element with this text (a quoted text matches exactly); the hidden tab has its own."""
+    return page.locator(f"text={text} >> visible=true").first
+
+
+def _not_blank(path: Path, box: dict | None = None) -> None:
+    """The screenshot (or the part of it in `box`) shows something, not one flat colour."""
+    image = Image.open(path).convert("L")
+    if box is not None:
+        image = image.crop((box["x"], box["y"], box["x"] + box["width"], box["y"] + box["height"]))
+    assert np.asarray(image, np.float32).std() > 20, f"{path.name} looks blank"
+
+
+def test_generate_tab_shows_inputs_controls_examples_and_notes(page, screenshots):
+    for element in [page.get_by_role("tab", name="Generate"), page.get_by_role("tab", name="Live"),
+                    page.get_by_text("Make a portrait photo speak"), page.get_by_role("link", name="Model card"),
+                    _shown(page, '"Portrait"'), _shown(page, '"Speech"'), page.get_by_role("button", name="Animate"),
+                    _shown(page, "Examples (real recordings"), _shown(page, "arctic_a0009.wav"),
+                    page.get_by_text("Use it responsibly"), page.get_by_text("impersonate", exact=False)]:
+        element.wait_for(state="visible", timeout=5_000)
+    _shown(page, '"Settings"').click()
+    for label in ["Head motion", "Expression", "Blinks per minute", "Seed", "Output size"]:
+        _shown(page, f'"{label}"').wait_for(state="visible", timeout=5_000)
+    path = screenshots / "generate_tab.png"
+    page.screenshot(path=path, full_page=True)
+    _not_blank(path)
+
+
+def test_live_tab_plays_the_talking_portrait_while_speech_plays(page, server, screenshots):
+    app = server[0]
+    page.get_by_role("tab", name="Live").click()
+    page.locator("#live-video").wait_for(state="visible")
+    page.get_by_role("button", name="Record").wait_for(state="visible")
+    page.locator(".gallery button, button.gallery-item").first.click()  # the astronaut, from the examples
+    page.get_by_text("Portrait ready").wait_for(timeout=30_000)
+
+    page.get_by_role("button", name="Record").click()
+    recording_started = time.monotonic()
+    first_play = None
+    samples = []
+    while time.monotonic() - recording_started < 30:
+        state = page.evaluate(VIDEO_STATE)
+        if state and state["time"] > 0:
+            first_play = first_play or time.monotonic() - recording_started
+            if state["thumb"]:
+                samples.append((state["time"], np.array(state["thumb"], np.float32)))
+            if state["time"] > 2.5:
+                break
+        time.sleep(0.1)
+    print(f"\nLive tab: the video started playing {first_play} s after recording started")
+    assert first_play is not None, "the live video never started playing"
+    assert samples[-1][0] - samples[0][0] > 1.0, "the live video did not keep playing"
+    # The face moves: thumbnails taken at different playback times differ.
+    changes = [np.abs(b - a).mean() for (ta, a), (tb, b) in zip(samples, samples[1:], strict=False) if tb > ta]
+    assert max(changes) > 0.3, f"the live video's frames did not change ({max(changes):.2f})"
+
+    path = screenshots / "live_tab.png"
+    page.screenshot(path=path, full_page=True)
+    _not_blank(path, page.locator("#live-video").bounding_box())
+    assert page.get_by_role("button", name="Stop").is_visible()
+    assert app.SESSIONS.count() == 1
+
+    page.get_by_role("button", name="Stop").click()
+    deadline = time.monotonic() + 20
+    while app.SESSIONS.count() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert app.SESSIONS.count() == 0, "stopping the recording did not end the session"
+
+
+def test_closing_the_tab_ends_the_live_session(page, server):
+    app = server[0]
+    page.get_by_role("tab", name="Live").click()
+    page.locator(".gallery button, button.gallery-item").nth(1).click()  # Grace Hopper
+    page.get_by_text("Portrait ready").wait_for(timeout=30_000)
+    page.get_by_role("button", name="Record").click()
+    deadline = time.monotonic() + 20
+    while not app.SESSIONS.count() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert app.SESSIONS.count() == 1
+    page.close()  # no stop: the visitor just leaves
+    deadline = time.monotonic() + app.IDLE_SECONDS + 15
+    while app.SESSIONS.count() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert app.SESSIONS.count() == 0, "the session outlived its visitor"
+
