@@ -81,8 +81,7 @@ if DEVICE == "cpu":
 # ---------------------------------------------------------------------------------------------- visitor errors
 def _short(message: str) -> str:
     """Visitors' files arrive as long temporary paths; their own file name is the last part."""
-    return " ".join(Path(word).name if word.startswith(("/", tempfile.gettempdir())) else word
-                    for word in message.split(" "))
+    return " ".join(Path(word).name if word.startswith("/") else word for word in message.split(" "))
 
 
 @contextlib.contextmanager
@@ -136,9 +135,9 @@ def generate(
 ) -> str:
     """Animate a portrait with a speech file; returns the MP4 (H.264 + AAC)."""
     if not portrait:
-        raise gr.Error("Please add a portrait photo first.")
+        raise gr.Error("Please add a portrait photo first.", print_exception=False)
     if not speech:
-        raise gr.Error("Please add some speech: upload a file or record with the microphone.")
+        raise gr.Error("Please add some speech: upload a file or record with the microphone.", print_exception=False)
     _remove_old_files(OUTPUTS, max_age=3600)
     controls = dict(seed=int(seed), head_motion_scale=head_motion, expression_scale=expression,
                     blinks_per_minute=blinks_per_minute)
@@ -319,7 +318,7 @@ def live_session(
     """Started by the microphone's record button: yields one MP4 segment (H.264 + PCM) per batch of frames."""
     key = request.session_hash
     if not portrait:
-        raise gr.Error("Please choose a portrait first.")
+        raise gr.Error("Please choose a portrait first.", print_exception=False)
     chunks = SESSIONS.open(key)  # first, so no chunk of the speech is dropped while the portrait is analysed
     segments = Path(tempfile.mkdtemp(prefix="teller-live-"))
     frames = None
