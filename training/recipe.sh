@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The starter recipe, end to end on a CPU: corpus → whisper features → tokenizer → generator → refiner →
+# checkpoints/teller-base → evaluation. One command:
+#
+#     bash training/recipe.sh
+#
+# Each step is skipped when its output exists (delete it, or the whole $RUN folder, to redo it), so an
+# interrupted recipe resumes where it stopped. Step times go to $RUN/timings.tsv. Settings via environment:
+#   HOURS (3.0) hours of speech in the corpus; WORKERS (2) corpus processes; RUN (runs/starter);
+#   DATA (data); CHECKPOINT (checkpoints/teller-base); *_STEPS training steps per part; SPEED (a benchmark
+#   markdown table for the model card).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+HOURS=${HOURS:-3.0}
+WORKERS=${WORKERS:-2}
+RUN=${RUN:-runs/starter}
+DATA=${DATA:-data}
+CHECKPOINT=${CHECKPOINT:-checkpoints/teller-base}
+TOKENIZER_STEPS=${TOKENIZER_STEPS:-2000}
+GENERATOR_STEPS=${GENERATOR_STEPS:-3000}
+REFINER_STEPS=${REFINER_STEPS:-1500}
+export HF_HUB_OFFLINE=1
+
+mkdir -p "$RUN"
+LAUNCH=(accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no)
+
+step() {  # step NAME OUTPUT COMMAND...: run COMMAND unless OUTPUT exists, and record its wall time
+    local name=$1 output=$2
+    shift 2
+    if [ -e "$output" ]; then
+        echo "== $name: $output exists, skipped"
+        return
+    fi
+    echo "== $name"
+    local start
+    start=$(date +%s)
+    "$@"
+    printf '%s\t%s\n' "$name" "$(( $(date +%s) - start ))" >> "$RUN/timings.tsv"
+}
+
+step corpus "$DATA/corpus/summary.json" \
+    python -m teller_pipeline.data.build_corpus --output "$DATA/corpus" --hours "$HOURS" --workers "$WORKERS" \
+    --cache-dir "$DATA/cache"
+step features "$DATA/features/dataset_dict.json" \
+    python training/precompute_features.py --corpus "$DATA/corpus" --checkpoint "$CHECKPOINT" \
+    --output "$DATA/features"
+step tokenizer "$RUN/tokenizer/motion_tokenizer" \
+    "${LAUNCH[@]}" training/train_tokenizer.py --features "$DATA/features" --output_dir "$RUN/tokenizer" \
+    --max_train_steps "$TOKENIZER_STEPS" --train_batch_size 256 --resume_from_checkpoint latest
+step generator "$RUN/generator/motion_generator" \
+    "${LAUNCH[@]}" training/train_generator.py --features "$DATA/features" --tokenizer "$RUN/tokenizer/motion_tokenizer" \
+    --output_dir "$RUN/generator" --max_train_steps "$GENERATOR_STEPS" --train_batch_size 32 \
+    --learning_rate 1e-3 --resume_from_checkpoint latest
+step refiner "$RUN/refiner/temporal_refiner" \
+    "${LAUNCH[@]}" training/train_refiner.py --features "$DATA/features" --tokenizer "$RUN/tokenizer/motion_tokenizer" \
+    --output_dir "$RUN/refiner" --max_train_steps "$REFINER_STEPS" --train_batch_size 64 \
+    --resume_from_checkpoint latest
+# build_checkpoint reads the three trained parts from one folder.
+mkdir -p "$RUN/trained"
+for part in tokenizer/motion_tokenizer generator/motion_generator refiner/temporal_refiner; do
+    ln -sfn "../$part" "$RUN/trained/$(basename "$part")"
+done
+step checkpoint "$RUN/checkpoint.done" \
+    bash -c "python -m teller_pipeline.build_checkpoint --output '$CHECKPOINT' --trained '$RUN/trained' && touch '$RUN/checkpoint.done'"
+step evaluate "$RUN/eval/metrics.md" \
+    python -m teller_pipeline.evaluate --checkpoint "$CHECKPOINT" --corpus "$DATA/corpus" --output "$RUN/eval"
+
+# The model card reads the corpus summary, these step times, the evaluation table and (if given) a benchmark table.
+python -m teller_pipeline.model_card --checkpoint "$CHECKPOINT" --run "$RUN" --corpus "$DATA/corpus" \
+    ${SPEED:+--speed "$SPEED"}
+
+echo "== done; step times (s):"
+cat "$RUN/timings.tsv"
+awk -F'\t' '{s += $2} END {printf "total %.1f min\n", s / 60}' "$RUN/timings.tsv"
