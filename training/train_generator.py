@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser, default_steps=6000)
     parser.add_argument("--tokenizer", required=True, help="a motion_tokenizer folder")
+    parser.add_argument("--input_token_noise", type=float, default=0.1,
+                        help="share of input motion tokens replaced by random ones (targets stay clean)")
     args = parser.parse_args(argv)
     accelerator = make_accelerator(args)
 
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     while step < args.max_train_steps:
         prior, audio, codes = (t.to(accelerator.device) for t in train_crops.batch(args.train_batch_size))
         with accelerator.accumulate(model):
-            loss = _loss(model, prior, audio, codes)
+            loss = _loss(model, prior, audio, codes, args.input_token_noise, tokenizer.config.codebook_size)
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             optimizer.step()
@@ -117,8 +119,14 @@ def main(argv: list[str] | None = None) -> None:
     accelerator.end_training()
 
 
-def _loss(model, prior, audio, codes) -> torch.Tensor:
-    logits = model(prior, audio, codes)
+def _loss(model, prior, audio, codes, input_token_noise: float = 0.0, codebook_size: int = 0) -> torch.Tensor:
+    inputs = codes
+    if input_token_noise > 0:
+        # Exposure bias: while streaming, the model reads its own sampled tokens, not the data's. Corrupting a
+        # share of the input tokens (the targets stay clean) keeps it listening to the audio instead of copying.
+        noisy = torch.rand(codes.shape, device=codes.device) < input_token_noise
+        inputs = torch.where(noisy, torch.randint_like(codes, codebook_size), codes)
+    logits = model(prior, audio, inputs)
     return torch.nn.functional.cross_entropy(logits.flatten(0, 2), codes.flatten())
 
 
