@@ -522,6 +522,9 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
         Triangles are drawn in order, so where they overlap (a fold, the nose over a turned cheek) the last
         one wins; nodes no triangle covers keep a zero displacement.
         """
+        # Same arithmetic as the straightforward per-pair version, element for element (so the same bits), but
+        # everything that depends only on the triangle (inverse determinant, edges, source corners) is computed
+        # once per triangle and gathered from contiguous arrays, and the source position only for covered nodes.
         p0, e1, e2 = grid[:, 0], grid[:, 1] - grid[:, 0], grid[:, 2] - grid[:, 0]
         det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
         ok = np.abs(det) > 1e-9
@@ -536,6 +539,25 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
         total = int(counts.sum())
         if total == 0:
             return disp
+        # every (triangle, node) pair in the triangles' bounding boxes, then keep the nodes inside
+        tri = np.repeat(np.arange(len(counts)), counts)
+        local = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+        row, col = np.divmod(local, w[tri])
+        gi = i0[tri] + col
+        gj = j0[tri] + row
+        vx = gi - p0[:, 0].copy()[tri]
+        vy = gj - p0[:, 1].copy()[tri]
+        inv = (1.0 / det)[tri]
+        l1 = (vx * e2[:, 1].copy()[tri] - vy * e2[:, 0].copy()[tri]) * inv
+        l2 = (e1[:, 0].copy()[tri] * vy - e1[:, 1].copy()[tri] * vx) * inv
+        inside = (l1 >= -1e-5) & (l2 >= -1e-5) & (l1 + l2 <= 1 + 1e-5)
+        tri, gi, gj, l1, l2 = tri[inside], gi[inside], gj[inside], l1[inside], l2[inside]
+        q0, d1, d2 = q[:, 0], q[:, 1] - q[:, 0], q[:, 2] - q[:, 0]  # float32, as (qt[:, 1] - qt[:, 0]) was
+        sx = q0[:, 0][tri] + l1 * d1[:, 0][tri] + l2 * d2[:, 0][tri]
+        sy = q0[:, 1][tri] + l1 * d1[:, 1][tri] + l2 * d2[:, 1][tri]
+        disp[gj, gi, 0] = sx - ((gi + g0[0]) * step + off)
+        disp[gj, gi, 1] = sy - ((gj + g0[1]) * step + off)
+        return disp
         # every (triangle, node) pair in the triangles' bounding boxes, then keep the nodes inside
         tri = np.repeat(np.arange(len(counts)), counts)
         local = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
