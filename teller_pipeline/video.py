@@ -29,6 +29,7 @@ from typing import Literal
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 __all__ = ["AUDIO_OUT_RATE", "TSSegmentWriter", "probe_media", "write_mp4"]
 
@@ -58,9 +59,15 @@ def _prepare_rgb(frame: np.ndarray, size: tuple[int, int] | None = None) -> np.n
     return frame
 
 
-def _video_frame(rgb: np.ndarray, pts: int, keyframe: bool = False) -> av.VideoFrame:
+def _video_frame(
+    rgb: np.ndarray, pts: int, keyframe: bool = False, reformatter: VideoReformatter | None = None
+) -> av.VideoFrame:
+    """RGB → a BT.709 yuv420p frame. Pass the writer's own `reformatter`: `VideoFrame.reformat` builds a new
+    swscale context for every frame, which costs more than the conversion itself (same output either way)."""
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-    frame = frame.reformat(format="yuv420p", dst_colorspace="itu709", dst_color_range="MPEG")
+    frame = (reformatter or VideoReformatter()).reformat(
+        frame, format="yuv420p", dst_colorspace="itu709", dst_color_range="MPEG"
+    )
     frame.pts = pts
     if keyframe:
         frame.pict_type = av.video.frame.PictureType.I
@@ -143,8 +150,9 @@ def write_mp4(
             aout = _add_aac(out)
             sent = 0  # audio samples handed to the encoder
             n = 0
+            reformatter = VideoReformatter()
             for n, frame in enumerate(chain([first], it), start=1):
-                out.mux(video.encode(_video_frame(_prepare_rgb(frame, in_size), n - 1)))
+                out.mux(video.encode(_video_frame(_prepare_rgb(frame, in_size), n - 1, reformatter=reformatter)))
                 # Feed audio in step with the video so the muxer interleaves without buffering seconds.
                 end = round(n * per_frame)
                 chunk = np.zeros(end - sent, np.float32) if silent else samples[sent:end]
@@ -217,6 +225,7 @@ class TSSegmentWriter:
         self._video = _add_video(self._encoders, fps, *_even_size(width, height), x264)
         self._audio = _add_aac(self._encoders) if target == "hls" else None
         self._encoders.start_encoding()  # opens the codecs now, not inside the first segment
+        self._reformatter = VideoReformatter()
         self._start_frames = round(self.START_SECONDS * fps) if target == "hls" else 0
         self._frames = 0
         self._samples = 0
@@ -248,7 +257,7 @@ class TSSegmentWriter:
         a_pts = round(self._start_frames * self.sample_rate / self.fps) + self._samples
         video: list[av.Packet] = []
         for i, frame in enumerate(rgb):
-            video += self._video.encode(_video_frame(frame, v_pts + i, keyframe=i == 0))
+            video += self._video.encode(_video_frame(frame, v_pts + i, keyframe=i == 0, reformatter=self._reformatter))
         if last:
             video += self._video.encode(None)
         self._frames += len(frames)
