@@ -15,8 +15,11 @@ and a few refined frames. Offline generation (`TellerPipeline.__call__`) is this
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +35,24 @@ SLICE_SECONDS = 0.2
 SLICE_SAMPLES = int(SAMPLE_RATE * SLICE_SECONDS)  # 3200
 FRAMES_PER_SLICE = int(FPS * SLICE_SECONDS)  # 5
 AUDIO_FRAME_RATE = 50  # whisper encoder output rate
+
+# A slice's frames are independent given their landmarks, and the renderer spends most of its time in numpy and
+# OpenCV calls that release the GIL, so they render side by side on the machine's cores. Each frame is computed
+# exactly as it would be alone: the output does not depend on the number of threads.
+RENDER_THREADS = max(1, min(FRAMES_PER_SLICE, int(os.environ.get("TELLER_RENDER_THREADS", os.cpu_count() or 1))))
+_render_pool: ThreadPoolExecutor | None = None
+_render_pool_lock = threading.Lock()
+
+
+def _render_all(renderer, state, landmarks) -> list[np.ndarray]:
+    """`renderer.render(state, points)` for each frame's landmarks, in order, on `RENDER_THREADS` threads."""
+    global _render_pool
+    if RENDER_THREADS <= 1 or len(landmarks) <= 1:
+        return [renderer.render(state, points) for points in landmarks]
+    with _render_pool_lock:  # created on first use: importing the package starts no threads
+        if _render_pool is None:
+            _render_pool = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="teller-render")
+    return list(_render_pool.map(lambda points: renderer.render(state, points), landmarks))
 
 
 @dataclass
@@ -120,6 +141,7 @@ class TellerSession:
         self.frames_emitted = 0
         self.finished = False
         self.silence_gate = 0.0  # 0 = speech, 1 = resting face
+        # Wall time per stage, summed over the session (see `teller_pipeline.benchmark`).
         self.timings_ms: dict[str, float] = defaultdict(float)
 
     # ------------------------------------------------------------------ audio in
@@ -229,7 +251,8 @@ class TellerSession:
         features = add_idle_motion(features, closure, breath, self.source.eyelid_gaps, controls.breathing)
         motion = features_to_motion(torch.from_numpy(features))
         landmarks = pipe.motion_encoder.decode(self.source.face, motion)
-        frames = [pipe.renderer.render(self.source.render_state, points) for points in landmarks]
+        t = self._tick("landmarks", t)
+        frames = _render_all(pipe.renderer, self.source.render_state, landmarks)
         self._tick("renderer", t)
         self.frames_emitted += len(frames)
         return frames
