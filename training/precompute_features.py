@@ -33,11 +33,48 @@ def pad_frames(values: np.ndarray, frames: int) -> np.ndarray:
     return np.concatenate([values, np.repeat(fill, frames - len(values), 0)])
 
 
-def main(argv: list[str] | None = None) -> None:
-    from datasets import Array2D, Array3D, DatasetDict, Features, Sequence, Value, load_from_disk
+_WORKER: dict = {}
+
+
+def _init_worker(checkpoint: str, generator_config: str | None, corpus: str, split: str) -> None:
+    # One torch thread per worker process: on a busy 2-core machine two single-threaded processes beat one
+    # process whose two threads keep waiting for each other.
+    torch.set_num_threads(1)
+    from datasets import load_from_disk
     from transformers import WhisperFeatureExtractor
 
     from teller_pipeline.models.motion_generator import MotionGenerator
+
+    gen_config = MotionGenerator.load_config(generator_config or os.path.join(checkpoint, "motion_generator"))
+    _WORKER.update(
+        encoder=TellerAudioEncoder.from_pretrained(os.path.join(checkpoint, "audio_encoder")).eval(),
+        feature_extractor=WhisperFeatureExtractor.from_pretrained(os.path.join(checkpoint, "feature_extractor")),
+        window=int(round(gen_config["audio_window_seconds"] * SAMPLE_RATE)),
+        lookahead=int(round(gen_config["audio_lookahead_seconds"] * SAMPLE_RATE)),
+        per_slice=gen_config["audio_frames_per_slice"],
+        data=load_from_disk(corpus)[split].with_format("numpy"),
+    )
+
+
+def _embed(index: int, batch_size: int = 24) -> tuple[np.ndarray, float]:
+    """Whisper features (S, 10, 512) fp16 of utterance `index` of the worker's split, and its length in s."""
+    w = _WORKER
+    audio = np.asarray(w["data"][index]["audio"], np.float32)
+    windows = slice_windows(audio, w["window"], w["lookahead"])
+    if not len(windows):
+        return np.zeros((0, w["per_slice"], w["encoder"].config.d_model), np.float16), 0.0
+    embeddings = torch.cat([
+        embed_slice_windows(w["encoder"], w["feature_extractor"], windows[b : b + batch_size], w["lookahead"],
+                            w["per_slice"])
+        for b in range(0, len(windows), batch_size)
+    ])
+    return embeddings.half().numpy(), len(audio) / SAMPLE_RATE
+
+
+def main(argv: list[str] | None = None) -> None:
+    import multiprocessing
+
+    from datasets import Array2D, Array3D, Dataset, DatasetDict, Features, Sequence, Value, load_from_disk
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", required=True)
@@ -45,23 +82,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--generator_config", default=None,
                         help="folder whose config.json sets the audio window (default: the checkpoint's generator)")
     parser.add_argument("--output", required=True)
-    parser.add_argument("--batch_size", type=int, default=24)
-    parser.add_argument("--num_threads", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=2, help="processes, one torch thread each")
     args = parser.parse_args(argv)
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-
-    encoder = TellerAudioEncoder.from_pretrained(os.path.join(args.checkpoint, "audio_encoder")).eval()
-    feature_extractor = WhisperFeatureExtractor.from_pretrained(os.path.join(args.checkpoint, "feature_extractor"))
-    gen_config = MotionGenerator.load_config(args.generator_config or os.path.join(args.checkpoint,
-                                                                                   "motion_generator"))
-    window = int(round(gen_config["audio_window_seconds"] * SAMPLE_RATE))
-    lookahead = int(round(gen_config["audio_lookahead_seconds"] * SAMPLE_RATE))
-    per_slice = gen_config["audio_frames_per_slice"]
 
     corpus = load_from_disk(args.corpus)
+    d_model, per_slice = 512, 10  # whisper-base; checked against the encoder by the workers' output below
     features = Features({
-        "audio_features": Array3D(shape=(None, per_slice, encoder.config.d_model), dtype="float16"),
+        "audio_features": Array3D(shape=(None, per_slice, d_model), dtype="float16"),
         "motion": Array2D(shape=(None, MOTION_FEATURES), dtype="float32"),
         "identity_prior": Array2D(shape=(21, 3), dtype="float32"),
         "silence": Sequence(Value("bool")),
@@ -71,35 +98,32 @@ def main(argv: list[str] | None = None) -> None:
     })
 
     def rows(split):
-        data = corpus[split].with_format("numpy")
+        data = corpus[split].with_format("numpy", columns=["motion", "identity_prior", "silence",
+                                                           "mouth_opening", "voice", "engine"])
+        context = multiprocessing.get_context("spawn")
         start, done_seconds = time.time(), 0.0
-        for i, example in enumerate(data):
-            audio = np.asarray(example["audio"], np.float32)
-            windows = slice_windows(audio, window, lookahead)
-            embeddings = torch.cat([
-                embed_slice_windows(encoder, feature_extractor, windows[b : b + args.batch_size], lookahead,
-                                    per_slice)
-                for b in range(0, len(windows), args.batch_size)
-            ]) if len(windows) else torch.zeros(0, per_slice, encoder.config.d_model)
-            frames = len(windows) * FRAMES_PER_SLICE
-            done_seconds += len(audio) / SAMPLE_RATE
-            if i % 200 == 0:
-                print(f"{split}: {i}/{len(data)} utterances, {done_seconds / 60:.1f} min of speech, "
-                      f"{time.time() - start:.0f} s", flush=True)
-            yield {
-                "audio_features": embeddings.half().numpy(),
-                "motion": pad_frames(example["motion"], frames).astype(np.float32),
-                "identity_prior": np.asarray(example["identity_prior"], np.float32).reshape(21, 3),
-                "silence": pad_frames(np.asarray(example["silence"], bool), frames),
-                "mouth_opening": pad_frames(np.asarray(example["mouth_opening"], np.float32), frames),
-                "voice": str(example["voice"]),
-                "engine": str(example["engine"]),
-            }
-
-    from datasets import Dataset
+        with context.Pool(args.workers, initializer=_init_worker,
+                          initargs=(args.checkpoint, args.generator_config, args.corpus, split)) as pool:
+            for i, (embeddings, seconds) in enumerate(pool.imap(_embed, range(len(data)), chunksize=2)):
+                assert embeddings.shape[1:] == (per_slice, d_model), embeddings.shape
+                example = data[i]
+                frames = len(embeddings) * FRAMES_PER_SLICE
+                done_seconds += seconds
+                if i % 100 == 0:
+                    print(f"{split}: {i}/{len(data)} utterances, {done_seconds / 60:.1f} min of audio, "
+                          f"{time.time() - start:.0f} s", flush=True)
+                yield {
+                    "audio_features": embeddings,
+                    "motion": pad_frames(example["motion"], frames).astype(np.float32),
+                    "identity_prior": np.asarray(example["identity_prior"], np.float32).reshape(21, 3),
+                    "silence": pad_frames(np.asarray(example["silence"], bool), frames),
+                    "mouth_opening": pad_frames(np.asarray(example["mouth_opening"], np.float32), frames),
+                    "voice": str(example["voice"]),
+                    "engine": str(example["engine"]),
+                }
 
     out = DatasetDict({
-        split: Dataset.from_generator(rows, gen_kwargs={"split": split}, features=features)
+        split: Dataset.from_generator(rows, gen_kwargs={"split": split}, features=features, keep_in_memory=True)
         for split in corpus
     })
     out.save_to_disk(args.output)

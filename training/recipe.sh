@@ -18,8 +18,9 @@ RUN=${RUN:-runs/starter}
 DATA=${DATA:-data}
 CHECKPOINT=${CHECKPOINT:-checkpoints/teller-base}
 TOKENIZER_STEPS=${TOKENIZER_STEPS:-2000}
-GENERATOR_STEPS=${GENERATOR_STEPS:-3000}
+GENERATOR_STEPS=${GENERATOR_STEPS:-1200}
 REFINER_STEPS=${REFINER_STEPS:-1500}
+GENERATOR_BATCH=${GENERATOR_BATCH:-16}
 export HF_HUB_OFFLINE=1
 
 mkdir -p "$RUN"
@@ -44,13 +45,13 @@ step corpus "$DATA/corpus/summary.json" \
     --cache-dir "$DATA/cache"
 step features "$DATA/features/dataset_dict.json" \
     python training/precompute_features.py --corpus "$DATA/corpus" --checkpoint "$CHECKPOINT" \
-    --output "$DATA/features"
+    --output "$DATA/features" --workers "$WORKERS"
 step tokenizer "$RUN/tokenizer/motion_tokenizer" \
     "${LAUNCH[@]}" training/train_tokenizer.py --features "$DATA/features" --output_dir "$RUN/tokenizer" \
     --max_train_steps "$TOKENIZER_STEPS" --train_batch_size 256 --resume_from_checkpoint latest
 step generator "$RUN/generator/motion_generator" \
     "${LAUNCH[@]}" training/train_generator.py --features "$DATA/features" --tokenizer "$RUN/tokenizer/motion_tokenizer" \
-    --output_dir "$RUN/generator" --max_train_steps "$GENERATOR_STEPS" --train_batch_size 32 \
+    --output_dir "$RUN/generator" --max_train_steps "$GENERATOR_STEPS" --train_batch_size "$GENERATOR_BATCH" \
     --learning_rate 1e-3 --resume_from_checkpoint latest
 step refiner "$RUN/refiner/temporal_refiner" \
     "${LAUNCH[@]}" training/train_refiner.py --features "$DATA/features" --tokenizer "$RUN/tokenizer/motion_tokenizer" \
