@@ -1,10 +1,10 @@
 """Write the checkpoint's Hub model card (`README.md`) from what the recipe measured.
 
     python -m teller_pipeline.model_card --checkpoint checkpoints/teller-base --run runs/starter \
-        --corpus data/corpus --speed runs/benchmark/speed.md
+        --corpus data/corpus --speed README.md
 
 Numbers come from files, never typed in: the corpus summary (`summary.json`), the recipe's step times
-(`timings.tsv`), the evaluation table (`eval/metrics.md`) and the benchmark table (`speed.md`). A missing file
+(`timings.tsv`), the evaluation table (`eval/metrics.md`) and the README's Speed table. A missing file
 leaves a plain "not measured" line, so the card never shows a number nobody measured.
 """
 
@@ -54,6 +54,19 @@ def _config(checkpoint: Path, name: str) -> dict:
 
 def _read(path: Path | None, missing: str) -> str:
     return path.read_text().strip() if path and path.is_file() else missing
+
+
+def _speed(readme: Path | None) -> str:
+    """The measured table and machine description of the project README's "## Speed" section."""
+    if not readme or not readme.is_file():
+        return "Not measured yet: run `python -m teller_pipeline.benchmark`."
+    text = readme.read_text()
+    if "## Speed" not in text:
+        return "Not measured yet: run `python -m teller_pipeline.benchmark`."
+    section = text.split("## Speed", 1)[1].split("\n## ", 1)[0]
+    paragraphs = [p.strip() for p in section.split("\n\n")]
+    keep = [p for p in paragraphs if p.startswith(("Machine:", "|", "Long run", "For comparison"))]
+    return "\n\n".join(keep + ["Command: `python -m teller_pipeline.benchmark --threads 1` (see the project README)."])
 
 
 def _timings(run: Path | None) -> str:
@@ -175,7 +188,7 @@ pocketsphinx for the real recordings).
 
 ## Speed
 
-{_read(speed, "Not measured yet: run `python -m teller_pipeline.benchmark`.")}
+{_speed(speed)}
 
 ## Limitations
 
@@ -200,10 +213,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", default="checkpoints/teller-base")
     parser.add_argument("--run", default="runs/starter", help="recipe folder (timings.tsv, eval/metrics.md)")
     parser.add_argument("--corpus", default="data/corpus")
-    parser.add_argument("--speed", default=None, help="a markdown table written by the benchmark")
+    parser.add_argument("--speed", default="README.md", help="the project README (its measured Speed section)")
     args = parser.parse_args(argv)
     checkpoint = Path(args.checkpoint)
-    card = render(checkpoint, Path(args.run), Path(args.corpus), Path(args.speed) if args.speed else None)
+    card = render(checkpoint, Path(args.run), Path(args.corpus), Path(args.speed))
     (checkpoint / "README.md").write_text(card)
     print(f"wrote {checkpoint / 'README.md'}")
 

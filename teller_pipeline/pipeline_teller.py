@@ -168,7 +168,9 @@ class TellerPipeline(DiffusionPipeline):
         super().save_pretrained(save_directory, **kwargs)
         target = Path(save_directory) / FACE_LANDMARKER_FOLDER
         target.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self._landmarker_file(), target / FACE_LANDMARKER_FILENAME)
+        source, destination = self._landmarker_file(), target / FACE_LANDMARKER_FILENAME
+        if not (destination.exists() and destination.samefile(source)):  # saving over the folder it came from
+            shutil.copyfile(source, destination)
 
     def _landmarker_file(self) -> Path:
         if self.face_landmarker_path is not None:
