@@ -18,7 +18,7 @@ RUN=${RUN:-runs/starter}
 DATA=${DATA:-data}
 CHECKPOINT=${CHECKPOINT:-checkpoints/teller-base}
 TOKENIZER_STEPS=${TOKENIZER_STEPS:-2000}
-GENERATOR_STEPS=${GENERATOR_STEPS:-1200}
+GENERATOR_STEPS=${GENERATOR_STEPS:-900}
 REFINER_STEPS=${REFINER_STEPS:-1500}
 GENERATOR_BATCH=${GENERATOR_BATCH:-16}
 export HF_HUB_OFFLINE=1
@@ -52,9 +52,10 @@ step tokenizer "$RUN/tokenizer/motion_tokenizer" \
 step generator "$RUN/generator/motion_generator" \
     "${LAUNCH[@]}" training/train_generator.py --features "$DATA/features" --tokenizer "$RUN/tokenizer/motion_tokenizer" \
     --output_dir "$RUN/generator" --max_train_steps "$GENERATOR_STEPS" --train_batch_size "$GENERATOR_BATCH" \
-    --learning_rate 1e-3 --resume_from_checkpoint latest
+    --learning_rate 1e-3 --input_token_noise 0.3 --weight_decay 0.1 --resume_from_checkpoint latest
 step refiner "$RUN/refiner/temporal_refiner" \
     "${LAUNCH[@]}" training/train_refiner.py --features "$DATA/features" --tokenizer "$RUN/tokenizer/motion_tokenizer" \
+    --generator "$RUN/generator/motion_generator" --num_threads 1 \
     --output_dir "$RUN/refiner" --max_train_steps "$REFINER_STEPS" --train_batch_size 64 \
     --resume_from_checkpoint latest
 # build_checkpoint reads the three trained parts from one folder.

@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from teller_pipeline.build_checkpoint import SIZES
+from teller_pipeline.models.motion_generator import MotionGenerator
 from teller_pipeline.models.motion_tokenizer import MotionTokenizer
 from teller_pipeline.models.temporal_refiner import TemporalRefiner
+from teller_pipeline.motion import EXPRESSION
 from teller_pipeline.streaming import FRAMES_PER_SLICE
 from teller_pipeline.training_utils import (
     MetricsLog,
@@ -37,16 +39,20 @@ from teller_pipeline.training_utils import (
 class Slices:
     """(context, coarse, audio, target) for random slices, all in the tokenizer's normalised space."""
 
-    def __init__(self, data: dict, tokenizer: MotionTokenizer, context_frames: int, seed: int):
+    def __init__(self, data: dict, tokenizer: MotionTokenizer, context_frames: int, seed: int,
+                 generated: list[torch.Tensor] | None = None):
         self.context_frames = context_frames
         self.rng = np.random.default_rng(seed)
+        # With `generated` (the generator's sampled output) the refiner learns to fix what the generator gets
+        # wrong, and the context's head motion is the generated one, as it is while streaming.
+        self.head_from_coarse = generated is not None
         self.motion, self.coarse, self.audio = [], [], []
         with torch.no_grad():
-            for motion, audio in zip(data["motion"], data["audio_features"], strict=True):
+            for k, (motion, audio) in enumerate(zip(data["motion"], data["audio_features"], strict=True)):
                 target = tokenizer.normalize(torch.from_numpy(motion).float())
-                codes = tokenizer.encode(target[None])
                 self.motion.append(target)
-                self.coarse.append(tokenizer.decode(codes)[0])
+                self.coarse.append(generated[k] if generated is not None else tokenizer.decode(
+                    tokenizer.encode(target[None]))[0])
                 self.audio.append(torch.from_numpy(audio))
         self.slices = np.array([len(m) // FRAMES_PER_SLICE for m in self.motion])
         neutral = tokenizer.normalize(torch.zeros(tokenizer.config.motion_dim))
@@ -59,6 +65,10 @@ class Slices:
             k = int(self.rng.integers(0, self.slices[i]))
             start, stop = k * FRAMES_PER_SLICE, (k + 1) * FRAMES_PER_SLICE
             past = self.motion[i][max(0, start - self.context_frames) : start]
+            if self.head_from_coarse:
+                past = past.clone()
+                past[:, EXPRESSION.stop :] = self.coarse[i][max(0, start - self.context_frames) : start,
+                                                            EXPRESSION.stop :]
             pad = self.neutral.expand(self.context_frames - len(past), -1)  # streams start at rest
             context.append(torch.cat([pad, past]))
             coarse.append(self.coarse[i][start:stop])
@@ -68,6 +78,21 @@ class Slices:
         context = context + context_noise * torch.randn(context.shape, generator=torch.Generator().manual_seed(
             int(self.rng.integers(1 << 31))))
         return context, torch.stack(coarse), torch.stack(audio), torch.stack(target)
+
+
+@torch.no_grad()
+def generated_motion(generator: MotionGenerator, tokenizer: MotionTokenizer, data: dict, seed: int,
+                     top_k: int = 15) -> list[torch.Tensor]:
+    """The generator's sampled output for each utterance (normalised), produced slice by slice as streaming
+    produces it (same bounded context, same sampling)."""
+    rng = torch.Generator().manual_seed(seed)
+    out = []
+    for audio, prior in zip(data["audio_features"], data["identity_prior"], strict=True):
+        state = generator.start(torch.from_numpy(np.asarray(prior, np.float32))[None])
+        codes = torch.stack([generator.generate_slice(state, a, rng, top_k, 1.0)
+                             for a in torch.from_numpy(audio).float()])
+        out.append(tokenizer.decode(codes[None])[0])
+    return out
 
 
 def refiner_loss(refined: torch.Tensor, target: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -82,14 +107,29 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser, default_steps=3000)
     parser.add_argument("--tokenizer", required=True, help="a motion_tokenizer folder")
+    parser.add_argument("--generator", default=None,
+                        help="a motion_generator folder: refine its sampled output (expression only) instead of "
+                             "the tokenizer's reconstruction of the data")
+    parser.add_argument("--generated_utterances", type=int, default=250,
+                        help="with --generator: how many training utterances to generate (sampling is the slow part)")
     args = parser.parse_args(argv)
     accelerator = make_accelerator(args)
 
     tokenizer = MotionTokenizer.from_pretrained(args.tokenizer).eval()
-    model = TemporalRefiner(**SIZES[args.size]["refiner"])
-    train = Slices(load_features(args.features, "train"), tokenizer, model.config.context_frames, args.seed)
-    validation = Slices(load_features(args.features, "validation"), tokenizer, model.config.context_frames,
-                        args.seed + 1)
+    model = TemporalRefiner(**SIZES[args.size]["refiner"], expression_only=args.generator is not None)
+    train_data = load_features(args.features, "train")
+    validation_data = load_features(args.features, "validation")
+    generated = {"train": None, "validation": None}
+    if args.generator:
+        generator = MotionGenerator.from_pretrained(args.generator).eval()
+        picks = np.random.default_rng(args.seed).permutation(len(train_data["motion"]))[: args.generated_utterances]
+        train_data = {k: [v[i] for i in sorted(picks)] for k, v in train_data.items()}
+        for split, data in (("train", train_data), ("validation", validation_data)):
+            generated[split] = generated_motion(generator, tokenizer, data, args.seed)
+            accelerator.print(f"generated the {split} split's motion ({len(data['motion'])} utterances)")
+    train = Slices(train_data, tokenizer, model.config.context_frames, args.seed, generated["train"])
+    validation = Slices(validation_data, tokenizer, model.config.context_frames, args.seed + 1,
+                        generated["validation"])
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     scheduler = cosine_schedule(optimizer, args.lr_warmup_steps, args.max_train_steps)

@@ -3,7 +3,9 @@
 Tokens quantise each 200 ms slice independently, which leaves steps at slice borders and flattens small
 movements. The refiner sees the last `context_frames` refined frames, the current slice's coarse frames and
 the slice's audio, and predicts a residual for the current slice. It is causal (no future slices), so it adds
-no latency. Its last layer starts at zero: an untrained refiner is the identity.
+no latency. Its last layer starts at zero: an untrained refiner is the identity. The starter recipe trains it
+on the generator's own sampled output (`train_refiner.py --generator`), expression only: it learns to pull the
+sampled lip shapes toward what the audio says, and leaves the sampled head motion alone.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from ..motion import MOTION_FEATURES
+from ..motion import EXPRESSION, MOTION_FEATURES
 
 
 class _ResidualConv(nn.Module):
@@ -39,6 +41,7 @@ class TemporalRefiner(ModelMixin, ConfigMixin):
         hidden_dim: int = 128,
         num_layers: int = 4,
         kernel_size: int = 3,
+        expression_only: bool = False,
     ):
         super().__init__()
         per_frame_audio = audio_dim * audio_frames_per_slice // frames_per_slice
@@ -50,6 +53,12 @@ class TemporalRefiner(ModelMixin, ConfigMixin):
         self.out = nn.Conv1d(hidden_dim, motion_dim, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        # expression_only: leave head rotation and translation as generated. Head motion is not predictable from
+        # the audio; a refiner trained toward the data's head motion would only shrink it to the mean.
+        mask = torch.ones(motion_dim)
+        if expression_only:
+            mask[EXPRESSION.stop :] = 0
+        self.register_buffer("residual_mask", mask, persistent=False)
 
     def forward(self, context: torch.Tensor, coarse: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """Refined current frames (B, 5, 69) from refined past (B, C, 69), coarse current (B, 5, 69) and the
@@ -61,4 +70,4 @@ class TemporalRefiner(ModelMixin, ConfigMixin):
         x = x + torch.cat([torch.zeros_like(x[:, : context.shape[1]]), audio_frames], 1)
         x = self.blocks(x.transpose(1, 2))
         residual = self.out(x).transpose(1, 2)[:, -n:]
-        return coarse + residual
+        return coarse + residual * self.residual_mask
