@@ -81,6 +81,13 @@ def _timings(run: Path | None) -> str:
     return "\n".join(lines)
 
 
+def _hours(corpus: Path | None) -> str:
+    file = corpus / "summary.json" if corpus else None
+    if not file or not file.is_file():
+        return "?"
+    return f"{json.loads(file.read_text())['speech_hours']:.1f}"
+
+
 def _corpus(corpus: Path | None) -> str:
     file = corpus / "summary.json" if corpus else None
     if not file or not file.is_file():
@@ -173,7 +180,9 @@ for training.
 ## Recipe
 
 `bash training/recipe.sh` (see `training/README.md`): corpus → whisper features → tokenizer → generator →
-refiner → this folder → evaluation, on 2 CPU cores. Measured step times of the run that made this checkpoint:
+refiner → this folder → evaluation, on 2 CPU cores. This checkpoint was made with
+`HOURS={_hours(corpus)} bash training/recipe.sh`; measured wall times of its steps, on the machine described under
+Speed while other jobs shared it (so they include that contention):
 
 {_timings(run)}
 
@@ -192,6 +201,8 @@ pocketsphinx for the real recordings).
 
 ## Limitations
 
+- Lip sync is measurably there but not yet at the project's targets on every group: see the FAIL lines of
+  the evaluation above. More hours and voices in the corpus and a longer generator training are the next steps.
 - Trained only on synthetic voices and synthesized motion: lip shapes follow a viseme model, not real
   faces, and expressiveness (emotion, gaze, large head turns) is limited.
 - The geometric renderer moves the photo's own pixels: large head rotations, profile photos, occlusions
