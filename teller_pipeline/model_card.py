@@ -81,6 +81,18 @@ def _timings(run: Path | None) -> str:
     return "\n".join(lines)
 
 
+def _other_portraits(run: Path | None) -> str:
+    """The targets table of any further evaluation (`RUN/eval_*`, e.g. another portrait)."""
+    sections = []
+    for file in sorted(run.glob("eval_*/metrics.md")) if run else []:
+        text = file.read_text()
+        header = text.split("\n\n", 2)[1] if "\n\n" in text else ""
+        table = text.split("## Targets", 1)[1].split("\n## ", 1)[0].strip() if "## Targets" in text else ""
+        if table:
+            sections.append(f"### The same evaluation on another portrait\n\n{header}\n\n{table}")
+    return "\n\n".join(sections)
+
+
 def _hours(corpus: Path | None) -> str:
     file = corpus / "summary.json" if corpus else None
     if not file or not file.is_file():
@@ -194,6 +206,7 @@ frames and the mouth opening compared with the opening implied by the phone time
 pocketsphinx for the real recordings).
 
 {_read(run / "eval" / "metrics.md" if run else None, "Not evaluated yet.")}
+{_other_portraits(run)}
 
 ## Speed
 

@@ -67,6 +67,10 @@ step checkpoint "$RUN/checkpoint.done" \
     bash -c "python -m teller_pipeline.build_checkpoint --output '$CHECKPOINT' --trained '$RUN/trained' && touch '$RUN/checkpoint.done'"
 step evaluate "$RUN/eval/metrics.md" \
     python -m teller_pipeline.evaluate --checkpoint "$CHECKPOINT" --corpus "$DATA/corpus" --output "$RUN/eval"
+# The astronaut's resting mouth is open; Grace Hopper's is closed: the same evaluation on her, shorter.
+step evaluate_grace_hopper "$RUN/eval_grace/metrics.md" \
+    python -m teller_pipeline.evaluate --checkpoint "$CHECKPOINT" --corpus "$DATA/corpus" --output "$RUN/eval_grace" \
+    --portrait examples/grace_hopper.jpg --max-utterances 16
 
 # The model card reads the corpus summary, these step times, the evaluation table and (if given) a benchmark table.
 python -m teller_pipeline.model_card --checkpoint "$CHECKPOINT" --run "$RUN" --corpus "$DATA/corpus" \
