@@ -558,24 +558,6 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
         disp[gj, gi, 0] = sx - ((gi + g0[0]) * step + off)
         disp[gj, gi, 1] = sy - ((gj + g0[1]) * step + off)
         return disp
-        # every (triangle, node) pair in the triangles' bounding boxes, then keep the nodes inside
-        tri = np.repeat(np.arange(len(counts)), counts)
-        local = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
-        wt = w[tri]
-        gi = i0[tri] + local % wt
-        gj = j0[tri] + local // wt
-        vx, vy = gi - p0[tri, 0], gj - p0[tri, 1]
-        inv = 1.0 / det[tri]
-        l1 = (vx * e2[tri, 1] - vy * e2[tri, 0]) * inv
-        l2 = (e1[tri, 0] * vy - e1[tri, 1] * vx) * inv
-        inside = (l1 >= -1e-5) & (l2 >= -1e-5) & (l1 + l2 <= 1 + 1e-5)
-        tri, gi, gj, l1, l2 = tri[inside], gi[inside], gj[inside], l1[inside], l2[inside]
-        qt = q[tri]
-        sx = qt[:, 0, 0] + l1 * (qt[:, 1, 0] - qt[:, 0, 0]) + l2 * (qt[:, 2, 0] - qt[:, 0, 0])
-        sy = qt[:, 0, 1] + l1 * (qt[:, 1, 1] - qt[:, 0, 1]) + l2 * (qt[:, 2, 1] - qt[:, 0, 1])
-        disp[gj, gi, 0] = sx - ((gi + g0[0]) * step + off)
-        disp[gj, gi, 1] = sy - ((gj + g0[1]) * step + off)
-        return disp
 
     # ------------------------------------------------------------------------------------------------
     # mouth and eyes
