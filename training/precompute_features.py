@@ -86,7 +86,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     corpus = load_from_disk(args.corpus)
-    d_model, per_slice = 512, 10  # whisper-base; checked against the encoder by the workers' output below
+    from teller_pipeline.models.motion_generator import MotionGenerator
+
+    gen_dir = args.generator_config or os.path.join(args.checkpoint, "motion_generator")
+    per_slice = MotionGenerator.load_config(gen_dir)["audio_frames_per_slice"]
+    d_model = TellerAudioEncoder.config_class.from_pretrained(os.path.join(args.checkpoint, "audio_encoder")).d_model
     features = Features({
         "audio_features": Array3D(shape=(None, per_slice, d_model), dtype="float16"),
         "motion": Array2D(shape=(None, MOTION_FEATURES), dtype="float32"),
