@@ -2,11 +2,12 @@
 
     accelerate launch --cpu --num_processes 1 training/train_refiner.py \
         --features data/features --tokenizer runs/starter/tokenizer/motion_tokenizer \
-        --output_dir runs/starter/refiner
+        --generator runs/starter/generator/motion_generator --output_dir runs/starter/refiner
 
 Input per example: the previous `context_frames` of motion (ground truth plus noise, standing in for the
-refiner's own earlier output), the current slice as the tokenizer reconstructs it, and the slice's audio.
-Target: the current slice's real motion. Writes OUTPUT/temporal_refiner.
+refiner's own earlier output), the current slice as the generator samples it (`--generator`, what the starter
+recipe uses; the refiner then corrects expression only) or as the tokenizer reconstructs it (without it), and
+the slice's audio. Target: the current slice's real motion. Writes OUTPUT/temporal_refiner.
 """
 
 from __future__ import annotations
