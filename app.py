@@ -349,8 +349,8 @@ def live_session(
 
 def live_chunk(chunk: tuple[int, np.ndarray] | None, request: gr.Request) -> None:
     """Each microphone chunk, (rate, int16 samples), goes to the visitor's running session."""
-    if chunk is not None:
-        SESSIONS.push(request.session_hash, chunk)
+    if chunk is not None and not SESSIONS.push(request.session_hash, chunk):
+        logger.debug("live %s: a chunk came with no session running (dropped)", request.session_hash[:8])
 
 
 def live_stop(request: gr.Request) -> None:

@@ -25,9 +25,9 @@ Metrics (all measured on the *rendered video*: MediaPipe's face landmarker run o
 (b) silence. Silent frames are the corpus' definition (`motion_synth.silence_mask`: inside a pause, ≥ 150 ms from
     any speech phone). The mouth counts as closed when its rendered opening is at most the photo's own resting
     opening (the landmarker on the photo) + `CLOSED_MARGIN` (0.02 of the eye-corner distance, ≈ 2 mm on an adult
-    face). Reported: the share of silent frames with the mouth closed. Note that the session itself eases into the
-    resting face where the input is below `silence_threshold_db` (-50 dBFS): in clean pauses that gate, not the
-    generator, closes the mouth.
+    face). Reported: the share of silent frames with the mouth closed. The closed mouth is the generator's own
+    (the session's silence gate settles only the head). For a photo with an open mouth (the astronaut's grin)
+    "at most the photo's opening" is a lenient bar; Grace Hopper's closed mouth makes it a strict one.
 (c) head motion and blinks. Head rotation from each frame's landmarks (the motion encoder's rigid fit, relative
     to the photo) as an axis-angle vector in degrees (x ≈ pitch, y ≈ yaw, z ≈ roll): per-axis standard deviation
     within an utterance (mean over utterances) and mean angular speed (deg/s). Blinks: frames whose eye opening
@@ -71,6 +71,7 @@ import torch
 
 from . import rig
 from .audio import SAMPLE_RATE, load_audio
+from .models.temporal_refiner import refine_causally
 from .motion import EXPRESSION, ROTATION, features_to_motion, motion_to_features
 from .streaming import FPS, FRAMES_PER_SLICE, SLICE_SAMPLES, embed_slice_windows, slice_windows
 
@@ -352,20 +353,6 @@ def tokenizer_reconstruction(tokenizer, motions: list[np.ndarray]) -> dict:
         "rotation_rmse_deg": math.degrees(_rmse(error[..., ROTATION])),
         "codebook_usage": float(np.mean([len(torch.unique(codes[..., q])) / size for q in range(codes.shape[-1])])),
     }
-
-
-@torch.no_grad()
-def refine_causally(refiner, tokenizer, coarse: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
-    """The refiner over a whole utterance, slice by slice, as `TellerSession._slice_frames` runs it."""
-    neutral = tokenizer.normalize(torch.zeros(refiner.config.motion_dim, device=tokenizer.device))
-    context = neutral.expand(refiner.config.context_frames, -1).clone()
-    out = []
-    for k in range(len(audio_features)):
-        current = coarse[k * FRAMES_PER_SLICE : (k + 1) * FRAMES_PER_SLICE]
-        refined = refiner(context[None], current[None], audio_features[k][None].to(refiner.dtype))[0]
-        context = torch.cat([context, refined])[-len(context) :]
-        out.append(refined)
-    return torch.cat(out)
 
 
 def audio_slice_features(pipe, audio: np.ndarray, num_slices: int, batch: int = 16) -> torch.Tensor:

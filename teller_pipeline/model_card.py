@@ -97,7 +97,7 @@ def _hours(corpus: Path | None) -> str:
     file = corpus / "summary.json" if corpus else None
     if not file or not file.is_file():
         return "?"
-    return f"{json.loads(file.read_text())['speech_hours']:.1f}"
+    return f"{json.loads(file.read_text())['speech_hours']:.2f}"
 
 
 def _corpus(corpus: Path | None) -> str:
@@ -192,9 +192,9 @@ for training.
 ## Recipe
 
 `bash training/recipe.sh` (see `training/README.md`): corpus → whisper features → tokenizer → generator →
-refiner → this folder → evaluation, on 2 CPU cores. This checkpoint was made with
-`HOURS={_hours(corpus)} bash training/recipe.sh`; measured wall times of its steps, on the machine described under
-Speed while other jobs shared it (so they include that contention):
+refiner → this folder → evaluation, on 2 CPU cores. This checkpoint was made by that command with its defaults
+({_hours(corpus)} h of speech); measured wall times of its steps, on the machine described under Speed, are below
+(`training/README.md` says which steps shared the machine with other jobs):
 
 {_timings(run)}
 
@@ -214,8 +214,10 @@ pocketsphinx for the real recordings).
 
 ## Limitations
 
-- Lip sync is measurably there but not yet at the project's targets on every group: see the FAIL lines of
-  the evaluation above. More hours and voices in the corpus and a longer generator training are the next steps.
+- Lip sync is measurably there but not yet at the project's targets on every portrait: see the FAIL lines of
+  the evaluations above. A photo with an open mouth (the astronaut's grin) scores lower than a closed one: its
+  teeth and lips are moved from an open start, and the landmarker reads that mouth less consistently. More
+  voices in the corpus and a generator that does not overfit 3 hours of speech are the next steps.
 - Trained only on synthetic voices and synthesized motion: lip shapes follow a viseme model, not real
   faces, and expressiveness (emotion, gaze, large head turns) is limited.
 - The geometric renderer moves the photo's own pixels: large head rotations, profile photos, occlusions

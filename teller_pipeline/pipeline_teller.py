@@ -281,8 +281,8 @@ class TellerPipeline(DiffusionPipeline):
             head_motion_scale / expression_scale: 0 = still head / still face; 1 = as generated.
             blinks_per_minute, breathing: idle motion.
             top_k, temperature: sampling of motion tokens (temperature 0 = greedy).
-            silence_threshold_db: below this level (dBFS) the face eases into the photo's resting face;
-                None = always as generated.
+            silence_threshold_db: below this level (dBFS) the head settles toward the photo's pose (the
+                generator itself closes the mouth in pauses); None = always as generated.
             output_path: write the MP4 there while generating instead of keeping frames in memory.
         """
         samples = load_audio(audio, max_seconds=self.config.max_audio_seconds)

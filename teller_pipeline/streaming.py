@@ -28,7 +28,7 @@ import torch
 from .audio import SAMPLE_RATE, StreamingResampler
 from .idle import IdleMotion, add_idle_motion
 from .models.audio_encoder import log_mel
-from .motion import EXPRESSION, ROTATION, TRANSLATION, apply_controls, features_to_motion
+from .motion import ROTATION, TRANSLATION, apply_controls, features_to_motion
 
 FPS = 25
 SLICE_SECONDS = 0.2
@@ -66,8 +66,10 @@ class GenerationControls:
     breathing: float = 1.0  # idle sway amplitude; 0 = none
     top_k: int = 15
     temperature: float = 1.0
-    # Where the input is silent (muted microphone, digital silence, the pauses of a clean recording), ease
-    # into the photo's own resting face whatever the generator does; None turns this off.
+    # Where the input is silent (muted microphone, digital silence, the pauses of a clean recording), the head
+    # settles toward the photo's pose whatever the generator does; None turns this off. The face is left to the
+    # generator, which closes the mouth in pauses as its training data does: easing it to the photo's own
+    # expression instead would open a mouth photographed open (a laugh, a grin) at every pause.
     silence_threshold_db: float | None = -50.0
 
     def validate(self) -> None:
@@ -140,7 +142,7 @@ class TellerSession:
         self.next_slice = 0
         self.frames_emitted = 0
         self.finished = False
-        self.silence_gate = 0.0  # 0 = speech, 1 = resting face
+        self.silence_gate = 0.0  # 0 = speech, 1 = silence (head settled)
         # Wall time per stage, summed over the session (see `teller_pipeline.benchmark`).
         self.timings_ms: dict[str, float] = defaultdict(float)
 
@@ -244,9 +246,10 @@ class TellerSession:
         self.refined_context = torch.cat([self.refined_context, refined])[-len(self.refined_context) :]
         features = pipe.motion_tokenizer.denormalize(refined).float().cpu().numpy()
         t = self._tick("temporal_refiner", t)
-        # 4. controls, resting face in silence, blinks, breathing → motion latents → landmarks → pixels
-        features = apply_controls(features, controls.expression_scale, controls.head_motion_scale)
-        features = self._rest_in_silence(features, window)
+        # 4. controls, a settled head in silence, blinks, breathing → motion latents → landmarks → pixels
+        expression_scale = controls.expression_scale * pipe.temporal_refiner.config.expression_gain
+        features = apply_controls(features, expression_scale, controls.head_motion_scale)
+        features = self._settle_head_in_silence(features, window)
         closure, breath = self.idle.next(len(features))
         features = add_idle_motion(features, closure, breath, self.source.eyelid_gaps, controls.breathing)
         motion = features_to_motion(torch.from_numpy(features))
@@ -257,19 +260,18 @@ class TellerSession:
         self.frames_emitted += len(frames)
         return frames
 
-    def _rest_in_silence(self, features: np.ndarray, window: np.ndarray) -> np.ndarray:
-        """Blend toward the resting face (zero motion) while the slice and its lookahead are silent."""
+    def _settle_head_in_silence(self, features: np.ndarray, window: np.ndarray) -> np.ndarray:
+        """Blend the head toward the photo's pose while the slice and its lookahead are silent."""
         threshold = self.controls.silence_threshold_db
         if threshold is None:
             return features
         recent = window[-(SLICE_SAMPLES + self.lookahead_samples) :]
         level_db = 10 * np.log10(np.mean(recent.astype(np.float64) ** 2) + 1e-12)
         target = 1.0 if level_db < threshold else 0.0
-        # Ramp over the slice's frames so entering and leaving rest is never a jump.
+        # Ramp over the slice's frames so settling and moving again is never a jump.
         ramp = np.linspace(self.silence_gate, target, len(features) + 1)[1:, None]
         self.silence_gate = target
         out = features.copy()
-        out[:, EXPRESSION] *= 1.0 - ramp
         out[:, ROTATION] *= 1.0 - 0.7 * ramp
         out[:, TRANSLATION] *= 1.0 - 0.7 * ramp
         return out

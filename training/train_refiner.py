@@ -8,6 +8,9 @@ Input per example: the previous `context_frames` of motion (ground truth plus no
 refiner's own earlier output), the current slice as the generator samples it (`--generator`, what the starter
 recipe uses; the refiner then corrects expression only) or as the tokenizer reconstructs it (without it), and
 the slice's audio. Target: the current slice's real motion. Writes OUTPUT/temporal_refiner.
+
+With `--generator`, training ends by measuring `expression_gain` on the validation split (see
+`TemporalRefiner`): the generated motion refined causally, as streaming does, against the real motion.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch.nn.functional as F
 from teller_pipeline.build_checkpoint import SIZES
 from teller_pipeline.models.motion_generator import MotionGenerator
 from teller_pipeline.models.motion_tokenizer import MotionTokenizer
-from teller_pipeline.models.temporal_refiner import TemporalRefiner
+from teller_pipeline.models.temporal_refiner import TemporalRefiner, refine_causally
 from teller_pipeline.motion import EXPRESSION
 from teller_pipeline.streaming import FRAMES_PER_SLICE
 from teller_pipeline.training_utils import (
@@ -161,6 +164,10 @@ def main(argv: list[str] | None = None) -> None:
                 save_checkpoint(accelerator, args, step)
 
     if accelerator.is_main_process:
+        if args.generator:
+            gain = expression_gain(accelerator.unwrap_model(model), tokenizer, validation_data, generated["validation"])
+            accelerator.unwrap_model(model).register_to_config(expression_gain=gain)
+            log.log(step, expression_gain=gain)
         accelerator.unwrap_model(model).eval().save_pretrained(os.path.join(args.output_dir, "temporal_refiner"))
         accelerator.print(f"saved {args.output_dir}/temporal_refiner")
     accelerator.end_training()
@@ -176,6 +183,29 @@ def evaluate(model: TemporalRefiner, slices: Slices, batches: int = 8) -> dict[s
         on.append(F.mse_loss(model(context, coarse, audio), target).item())
         off.append(F.mse_loss(coarse, target).item())
     return {"val_mse_refined": float(np.mean(on)), "val_mse_coarse": float(np.mean(off))}
+
+
+@torch.no_grad()
+def expression_gain(model: TemporalRefiner, tokenizer: MotionTokenizer, data: dict, generated: list[torch.Tensor],
+                    limits: tuple[float, float] = (1.0, 1.5)) -> float:
+    """How much larger the real expression movements are than the refined generated ones, within `limits`.
+
+    Movement is each utterance's expression offsets about their own mean (a steady smile or a closed mouth is
+    not movement), pooled: sqrt(sum of squares, real / refined). The limits keep a badly trained refiner from
+    being blown up: the gain only undoes shrinkage, it never shrinks.
+    """
+    model.eval()
+    real, refined = 0.0, 0.0
+    for motion, audio, coarse in zip(data["motion"], data["audio_features"], generated, strict=True):
+        out = tokenizer.denormalize(refine_causally(model, tokenizer, coarse, torch.from_numpy(audio).float()))
+        n = min(len(out), len(motion))
+        real += _movement(torch.from_numpy(motion[:n, EXPRESSION]).float())
+        refined += _movement(out[:n, EXPRESSION])
+    return float(np.clip(np.sqrt(real / max(refined, 1e-12)), *limits))
+
+
+def _movement(expression: torch.Tensor) -> float:
+    return float(((expression - expression.mean(0)) ** 2).sum())
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@ the slice's audio, and predicts a residual for the current slice. It is causal (
 no latency. Its last layer starts at zero: an untrained refiner is the identity. The starter recipe trains it
 on the generator's own sampled output (`train_refiner.py --generator`), expression only: it learns to pull the
 sampled lip shapes toward what the audio says, and leaves the sampled head motion alone.
+
+Trained for mean squared error, it regresses toward the mean: its lip movements come out smaller than the
+data's. `expression_gain`, measured on the validation split when training ends (how much larger the data's
+expression movements are than the refined generated ones: `train_refiner.expression_gain`), scales the
+expression offsets back up about the resting face; the session applies it with the user's expression control.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from ..motion import EXPRESSION, MOTION_FEATURES
+from .motion_tokenizer import MotionTokenizer
 
 
 class _ResidualConv(nn.Module):
@@ -42,6 +48,7 @@ class TemporalRefiner(ModelMixin, ConfigMixin):
         num_layers: int = 4,
         kernel_size: int = 3,
         expression_only: bool = False,
+        expression_gain: float = 1.0,
     ):
         super().__init__()
         per_frame_audio = audio_dim * audio_frames_per_slice // frames_per_slice
@@ -71,3 +78,21 @@ class TemporalRefiner(ModelMixin, ConfigMixin):
         x = self.blocks(x.transpose(1, 2))
         residual = self.out(x).transpose(1, 2)[:, -n:]
         return coarse + residual * self.residual_mask
+
+
+@torch.no_grad()
+def refine_causally(
+    refiner: TemporalRefiner, tokenizer: MotionTokenizer, coarse: torch.Tensor, audio_features: torch.Tensor
+) -> torch.Tensor:
+    """The refiner over a whole utterance (normalised coarse motion (T, 69), whisper frames (S, 10, 512)), slice
+    by slice as `TellerSession` runs it: each slice sees the refiner's own output before it, from rest."""
+    n = refiner.config.frames_per_slice
+    neutral = tokenizer.normalize(torch.zeros(refiner.config.motion_dim, device=tokenizer.device))
+    context = neutral.expand(refiner.config.context_frames, -1).clone()
+    out = []
+    for k in range(len(audio_features)):
+        audio = audio_features[k][None].to(refiner.dtype)
+        refined = refiner(context[None], coarse[None, k * n : (k + 1) * n], audio)[0]
+        context = torch.cat([context, refined])[-len(context) :]
+        out.append(refined)
+    return torch.cat(out)
