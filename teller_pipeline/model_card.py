@@ -139,7 +139,9 @@ def _architecture(checkpoint: Path) -> str:
          f"step, top-k; KV cache; context bounded to {gen['max_context_slices']} slices",
          f"{m['motion_generator']:.1f} M"),
         ("temporal_refiner", f"ETM: residual convolutions ({ref['num_layers']} layers, width {ref['hidden_dim']}) "
-         "over recent motion + the slice's audio, causal across slices", f"{m['temporal_refiner']:.2f} M"),
+         "over recent motion + the slice's audio, causal across slices; expression movements scaled by "
+         f"{ref.get('expression_gain', 1.0):.2f} (the shrinkage measured on the validation split)",
+         f"{m['temporal_refiner']:.2f} M"),
         ("renderer", "geometric: a mesh-driven warp of the whole photo, synthesized oral cavity and teeth, "
          "eyelid closing", "buffers only"),
     ]
