@@ -436,6 +436,12 @@ def targets(results: dict) -> list[dict]:
     return rows
 
 
+def _shown_path(path: str | Path) -> str:
+    """A path as the report shows it: relative to the project when inside it (the defaults are absolute)."""
+    path = Path(path)
+    return str(path.relative_to(ROOT)) if path.is_absolute() and path.is_relative_to(ROOT) else str(path)
+
+
 def _fmt(value, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "–"
@@ -715,7 +721,8 @@ def evaluate(
                      "(e.g. --portrait examples/grace_hopper.jpg) makes the silence test stricter.")
 
     results = {
-        "checkpoint": str(checkpoint), "corpus": str(corpus), "portrait": str(portrait), "seed": seed,
+        "checkpoint": _shown_path(checkpoint), "corpus": _shown_path(corpus), "portrait": _shown_path(portrait),
+        "seed": seed,
         "rest_mouth_opening": rest_opening, "closed_margin": CLOSED_MARGIN,
         "blinks_per_minute_setting": 15.0,
         "lip_sync": lip, "utterances": records, "motion": motion_stats, "seeds": seeds,
