@@ -6,9 +6,9 @@
 #
 # Each step is skipped when its output exists (delete it, or the whole $RUN folder, to redo it), so an
 # interrupted recipe resumes where it stopped. Step times go to $RUN/timings.tsv. Settings via environment:
-#   HOURS (3.0) hours of speech in the corpus; WORKERS (2) corpus processes; RUN (runs/starter);
-#   DATA (data); CHECKPOINT (checkpoints/teller-base); *_STEPS training steps per part; SPEED (a benchmark
-#   markdown table for the model card).
+#   HOURS (3.0) hours of speech in the corpus; WORKERS (2) corpus and feature processes; RUN (runs/starter);
+#   DATA (data); CHECKPOINT (checkpoints/teller-base); *_STEPS training steps per part; GENERATOR_BATCH (16);
+#   SPEED (a markdown file whose "## Speed" section the model card quotes; default: the project README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -72,7 +72,7 @@ step evaluate_grace_hopper "$RUN/eval_grace/metrics.md" \
     python -m teller_pipeline.evaluate --checkpoint "$CHECKPOINT" --corpus "$DATA/corpus" --output "$RUN/eval_grace" \
     --portrait examples/grace_hopper.jpg --max-utterances 16
 
-# The model card reads the corpus summary, these step times, the evaluation table and (if given) a benchmark table.
+# The model card reads the corpus summary, these step times, the evaluation tables and the README's Speed section.
 python -m teller_pipeline.model_card --checkpoint "$CHECKPOINT" --run "$RUN" --corpus "$DATA/corpus" \
     ${SPEED:+--speed "$SPEED"}
 
