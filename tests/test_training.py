@@ -4,6 +4,7 @@ loads and animates with."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -12,8 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from teller_pipeline.data.speech import EngineUnavailable
+from teller_pipeline.models.motion_generator import MotionGenerator
+from teller_pipeline.models.motion_tokenizer import MotionTokenizer
+from teller_pipeline.training_utils import load_features
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines",
@@ -25,6 +30,14 @@ def _run(*args: str) -> str:
     result = subprocess.run([*map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{args[:4]} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
     return result.stdout + result.stderr
+
+
+def _training_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "training" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its functions must be importable by name in worker processes
+    spec.loader.exec_module(module)
+    return module
 
 
 def _metrics(folder: Path) -> list[dict]:
@@ -70,9 +83,16 @@ def test_recipe_trains_resumes_and_builds_a_working_checkpoint(features, tmp_pat
     refiner = tmp_path / "refiner"
     _run(*LAUNCH, "training/train_refiner.py", *common, "--output_dir", refiner, "--max_train_steps", "4",
          "--tokenizer", tokenizer / "motion_tokenizer", "--generator", generator / "motion_generator",
-         "--generated_utterances", "4")
+         "--generated_utterances", "4", "--workers", "2")
     gain = TemporalRefiner.from_pretrained(refiner / "temporal_refiner").config.expression_gain
     assert 1.0 <= gain <= 1.5 and gain == _metrics(refiner)[-1]["expression_gain"]
+    # The refiner's training motion is the same however many processes generate it.
+    train_refiner = _training_script("train_refiner")
+    data = {k: v[:3] for k, v in load_features(features, "train").items()}
+    models = (MotionGenerator.from_pretrained(generator / "motion_generator"),
+              MotionTokenizer.from_pretrained(tokenizer / "motion_tokenizer"))
+    one, two = (train_refiner.generated_motion(*models, data, seed=0, workers=w) for w in (1, 2))
+    assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
 
     trained = tmp_path / "trained"
     trained.mkdir()

@@ -6,8 +6,9 @@
 #
 # Each step is skipped when its output exists (delete it, or the whole $RUN folder, to redo it), so an
 # interrupted recipe resumes where it stopped. Step times go to $RUN/timings.tsv. Settings via environment:
-#   HOURS (3.0) hours of speech in the corpus; WORKERS (2) corpus and feature processes; RUN (runs/starter);
-#   DATA (data); CHECKPOINT (checkpoints/teller-base); *_STEPS training steps per part; GENERATOR_BATCH (16);
+#   HOURS (3.0) hours of speech in the corpus; WORKERS (2) processes making the corpus, the features and the
+#   refiner's generated training motion; RUN (runs/starter); DATA (data); CHECKPOINT (checkpoints/teller-base);
+#   *_STEPS training steps per part; GENERATOR_BATCH (16);
 #   SPEED (a markdown file whose "## Speed" section the model card quotes; default: the project README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,7 +56,7 @@ step generator "$RUN/generator/motion_generator" \
     --learning_rate 1e-3 --input_token_noise 0.3 --weight_decay 0.1 --resume_from_checkpoint latest
 step refiner "$RUN/refiner/temporal_refiner" \
     "${LAUNCH[@]}" training/train_refiner.py --features "$DATA/features" --tokenizer "$RUN/tokenizer/motion_tokenizer" \
-    --generator "$RUN/generator/motion_generator" --num_threads 1 \
+    --generator "$RUN/generator/motion_generator" --num_threads 1 --workers "$WORKERS" \
     --output_dir "$RUN/refiner" --max_train_steps "$REFINER_STEPS" --train_batch_size 64 \
     --resume_from_checkpoint latest
 # build_checkpoint reads the three trained parts from one folder.

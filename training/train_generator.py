@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokenizer", required=True, help="a motion_tokenizer folder")
     parser.add_argument("--input_token_noise", type=float, default=0.1,
                         help="share of input motion tokens replaced by random ones (targets stay clean)")
+    parser.add_argument("--dropout", type=float, default=0.0,
+                        help="dropout on the input embeddings and attention weights (training only)")
     args = parser.parse_args(argv)
     accelerator = make_accelerator(args)
 
@@ -77,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     train = load_features(args.features, "train")
     validation = load_features(args.features, "validation")
     config = dict(SIZES[args.size]["generator"])
-    config.update(num_quantizers=tokenizer.config.num_quantizers, codebook_size=tokenizer.config.codebook_size)
+    config.update(num_quantizers=tokenizer.config.num_quantizers, codebook_size=tokenizer.config.codebook_size,
+                  dropout=args.dropout)
     model = MotionGenerator(**config)
     train_crops = Crops(train, encode_codes(tokenizer, train["motion"]), model.config.max_context_slices, args.seed)
     val_crops = Crops(validation, encode_codes(tokenizer, validation["motion"]),

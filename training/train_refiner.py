@@ -4,10 +4,12 @@
         --features data/features --tokenizer runs/starter/tokenizer/motion_tokenizer \
         --generator runs/starter/generator/motion_generator --output_dir runs/starter/refiner
 
-Input per example: the previous `context_frames` of motion (ground truth plus noise, standing in for the
-refiner's own earlier output), the current slice as the generator samples it (`--generator`, what the starter
-recipe uses; the refiner then corrects expression only) or as the tokenizer reconstructs it (without it), and
-the slice's audio. Target: the current slice's real motion. Writes OUTPUT/temporal_refiner.
+Input per example: `--unroll_slices` consecutive slices as the generator samples them (`--generator`, what the
+starter recipe uses; the refiner then corrects expression only) or as the tokenizer reconstructs them (without
+it), their audio, and the `context_frames` before them. The refiner runs over the slices causally, as streaming
+does: from the second slice on, its context is its own output, so it learns to work from that rather than from
+clean motion it never sees in use. The context before the first slice is the coarse motion with `--generator`
+(ground truth plus noise without it). Target: the slices' real motion. Writes OUTPUT/temporal_refiner.
 
 With `--generator`, training ends by measuring `expression_gain` on the validation split (see
 `TemporalRefiner`): the generated motion refined causally, as streaming does, against the real motion.
@@ -16,12 +18,15 @@ With `--generator`, training ends by measuring `expression_gain` on the validati
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from teller_pipeline import rig
 from teller_pipeline.build_checkpoint import SIZES
 from teller_pipeline.models.motion_generator import MotionGenerator
 from teller_pipeline.models.motion_tokenizer import MotionTokenizer
@@ -48,8 +53,8 @@ class Slices:
         self.context_frames = context_frames
         self.rng = np.random.default_rng(seed)
         # With `generated` (the generator's sampled output) the refiner learns to fix what the generator gets
-        # wrong, and the context's head motion is the generated one, as it is while streaming.
-        self.head_from_coarse = generated is not None
+        # wrong, and its context starts from that output (head motion included), as it does while streaming.
+        self.context_from_coarse = generated is not None
         self.motion, self.coarse, self.audio = [], [], []
         with torch.no_grad():
             for k, (motion, audio) in enumerate(zip(data["motion"], data["audio_features"], strict=True)):
@@ -62,21 +67,25 @@ class Slices:
         neutral = tokenizer.normalize(torch.zeros(tokenizer.config.motion_dim))
         self.neutral = neutral
 
-    def batch(self, size: int, context_noise: float = 0.05):
-        items = self.rng.choice(len(self.motion), size, p=self.slices / self.slices.sum())
+    def batch(self, size: int, context_noise: float = 0.05, unroll: int = 1):
+        """`size` runs of `unroll` consecutive slices: context (B, C, D), coarse and target (B, unroll·5, D),
+        audio (B, unroll, 10, 512)."""
+        starts = np.maximum(self.slices - unroll + 1, 0)
+        if not starts.any():
+            raise ValueError(f"no utterance is {unroll} slices long: lower --unroll_slices")
+        items = self.rng.choice(len(self.motion), size, p=starts / starts.sum())
         context, coarse, audio, target = [], [], [], []
         for i in items:
-            k = int(self.rng.integers(0, self.slices[i]))
-            start, stop = k * FRAMES_PER_SLICE, (k + 1) * FRAMES_PER_SLICE
-            past = self.motion[i][max(0, start - self.context_frames) : start]
-            if self.head_from_coarse:
-                past = past.clone()
-                past[:, EXPRESSION.stop :] = self.coarse[i][max(0, start - self.context_frames) : start,
-                                                            EXPRESSION.stop :]
+            k = int(self.rng.integers(0, starts[i]))
+            start, stop = k * FRAMES_PER_SLICE, (k + unroll) * FRAMES_PER_SLICE
+            # With generated motion the context is the coarse motion too: the refiner's own earlier output, which
+            # it sees in use, is closer to that than to the data.
+            source = self.coarse if self.context_from_coarse else self.motion
+            past = source[i][max(0, start - self.context_frames) : start]
             pad = self.neutral.expand(self.context_frames - len(past), -1)  # streams start at rest
             context.append(torch.cat([pad, past]))
             coarse.append(self.coarse[i][start:stop])
-            audio.append(self.audio[i][k].float())
+            audio.append(self.audio[i][k : k + unroll].float())
             target.append(self.motion[i][start:stop])
         context = torch.stack(context)
         context = context + context_noise * torch.randn(context.shape, generator=torch.Generator().manual_seed(
@@ -84,27 +93,83 @@ class Slices:
         return context, torch.stack(coarse), torch.stack(audio), torch.stack(target)
 
 
+# What forked generation workers read (a fork shares the models and data instead of pickling them).
+_GENERATION: dict = {}
+
+
 @torch.no_grad()
-def generated_motion(generator: MotionGenerator, tokenizer: MotionTokenizer, data: dict, seed: int,
-                     top_k: int = 15) -> list[torch.Tensor]:
-    """The generator's sampled output for each utterance (normalised), produced slice by slice as streaming
-    produces it (same bounded context, same sampling)."""
-    rng = torch.Generator().manual_seed(seed)
+def _generate(indices: list[int]) -> list[torch.Tensor]:
+    generator, tokenizer, data, seed, top_k = _GENERATION["job"]
     out = []
-    for audio, prior in zip(data["audio_features"], data["identity_prior"], strict=True):
-        state = generator.start(torch.from_numpy(np.asarray(prior, np.float32))[None])
-        codes = torch.stack([generator.generate_slice(state, a, rng, top_k, 1.0)
-                             for a in torch.from_numpy(audio).float()])
+    for i in indices:
+        prior = torch.from_numpy(np.asarray(data["identity_prior"][i], np.float32))[None]
+        audio = torch.from_numpy(data["audio_features"][i]).float()
+        codes = generator.generate(prior, audio, torch.Generator().manual_seed(seed * 100_003 + i), top_k)
         out.append(tokenizer.decode(codes[None])[0])
     return out
 
 
-def refiner_loss(refined: torch.Tensor, target: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-    # Position, velocity (including the step from the last context frame into the slice) and acceleration.
+def generated_motion(generator: MotionGenerator, tokenizer: MotionTokenizer, data: dict, seed: int,
+                     top_k: int = 15, workers: int = 1) -> list[torch.Tensor]:
+    """The generator's sampled output for each utterance (normalised), produced slice by slice as streaming
+    produces it (same bounded context, same sampling), in `workers` processes of one thread each. Each
+    utterance has its own random seed, so the result does not depend on `workers`."""
+    count = len(data["audio_features"])
+    _GENERATION["job"] = (generator, tokenizer, data, seed, top_k)
+    shards = [list(range(w, count, workers)) for w in range(workers)]
+    if workers == 1:
+        results = [_generate(shards[0])]
+    else:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            results = list(pool.map(_generate, shards))
+    _GENERATION.clear()
+    out: list[torch.Tensor] = [torch.empty(0)] * count
+    for shard, motions in zip(shards, results, strict=True):
+        for i, motion in zip(shard, motions, strict=True):
+            out[i] = motion
+    return out
+
+
+def unrolled(model: TemporalRefiner, context: torch.Tensor, coarse: torch.Tensor, audio: torch.Tensor,
+             target: torch.Tensor | None = None, weights: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The refiner over `audio.shape[1]` consecutive slices, each seeing its own earlier output as context:
+    (refined (B, S·5, D), mean `refiner_loss` against `target`, or 0 without one)."""
+    n = model.config.frames_per_slice
+    refined, loss = [], torch.zeros(())
+    for k in range(audio.shape[1]):
+        current = model(context, coarse[:, k * n : (k + 1) * n], audio[:, k])
+        if target is not None:
+            loss = loss + refiner_loss(current, target[:, k * n : (k + 1) * n], context, weights) / audio.shape[1]
+        context = torch.cat([context, current], 1)[:, -context.shape[1] :]
+        refined.append(current)
+    return torch.cat(refined, 1), loss
+
+
+def lip_weights(lip_weight: float, motion_dim: int) -> torch.Tensor:
+    """Per-feature loss weights (mean 1): the lips' and chin's vertical offsets, what lip sync is made of,
+    count `lip_weight` times as much as the other features."""
+    weights = torch.ones(motion_dim)
+    for k, name in enumerate(rig.KEYPOINT_NAMES):
+        if "lip" in name or name == "chin":
+            weights[k * 3 + 1] = lip_weight
+    return weights / weights.mean()
+
+
+def refiner_loss(refined: torch.Tensor, target: torch.Tensor, context: torch.Tensor,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted squared error of position, velocity (including the step from the last context frame into the
+    slice) and acceleration."""
     full_refined = torch.cat([context[:, -1:], refined], 1)
     full_target = torch.cat([context[:, -1:], target], 1)
-    return (F.mse_loss(refined, target) + F.mse_loss(full_refined.diff(dim=1), full_target.diff(dim=1))
-            + 0.5 * F.mse_loss(full_refined.diff(n=2, dim=1), full_target.diff(n=2, dim=1)))
+    weights = torch.ones(refined.shape[-1], device=refined.device) if weights is None else weights
+
+    def error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return ((a - b) ** 2 * weights).mean()
+
+    return (error(refined, target) + error(full_refined.diff(dim=1), full_target.diff(dim=1))
+            + 0.5 * error(full_refined.diff(n=2, dim=1), full_target.diff(n=2, dim=1)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,13 +179,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--generator", default=None,
                         help="a motion_generator folder: refine its sampled output (expression only) instead of "
                              "the tokenizer's reconstruction of the data")
-    parser.add_argument("--generated_utterances", type=int, default=250,
-                        help="with --generator: how many training utterances to generate (sampling is the slow part)")
+    parser.add_argument("--generated_utterances", type=int, default=None,
+                        help="with --generator: how many training utterances to generate (default: all; sampling "
+                             "is the slow part)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="with --generator: processes generating the training motion (one thread each)")
+    parser.add_argument("--unroll_slices", type=int, default=4,
+                        help="consecutive slices per example, refined causally (each sees its own earlier output)")
+    parser.add_argument("--lip_weight", type=float, default=4.0,
+                        help="weight of the lips' and chin's vertical offsets in the loss, relative to the rest")
+    parser.add_argument("--hidden_dim", type=int, default=None, help="override the size preset's refiner width")
+    parser.add_argument("--num_layers", type=int, default=None, help="override the size preset's refiner depth")
     args = parser.parse_args(argv)
     accelerator = make_accelerator(args)
 
     tokenizer = MotionTokenizer.from_pretrained(args.tokenizer).eval()
-    model = TemporalRefiner(**SIZES[args.size]["refiner"], expression_only=args.generator is not None)
+    config = dict(SIZES[args.size]["refiner"])
+    config.update({k: getattr(args, k) for k in ("hidden_dim", "num_layers") if getattr(args, k) is not None})
+    model = TemporalRefiner(**config, expression_only=args.generator is not None)
     train_data = load_features(args.features, "train")
     validation_data = load_features(args.features, "validation")
     generated = {"train": None, "validation": None}
@@ -129,12 +205,13 @@ def main(argv: list[str] | None = None) -> None:
         picks = np.random.default_rng(args.seed).permutation(len(train_data["motion"]))[: args.generated_utterances]
         train_data = {k: [v[i] for i in sorted(picks)] for k, v in train_data.items()}
         for split, data in (("train", train_data), ("validation", validation_data)):
-            generated[split] = generated_motion(generator, tokenizer, data, args.seed)
+            generated[split] = generated_motion(generator, tokenizer, data, args.seed, workers=args.workers)
             accelerator.print(f"generated the {split} split's motion ({len(data['motion'])} utterances)")
     train = Slices(train_data, tokenizer, model.config.context_frames, args.seed, generated["train"])
     validation = Slices(validation_data, tokenizer, model.config.context_frames, args.seed + 1,
                         generated["validation"])
 
+    weights = lip_weights(args.lip_weight, model.config.motion_dim).to(accelerator.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     scheduler = cosine_schedule(optimizer, args.lr_warmup_steps, args.max_train_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -145,9 +222,10 @@ def main(argv: list[str] | None = None) -> None:
 
     model.train()
     while step < args.max_train_steps:
-        context, coarse, audio, target = (t.to(accelerator.device) for t in train.batch(args.train_batch_size))
+        context, coarse, audio, target = (t.to(accelerator.device)
+                                          for t in train.batch(args.train_batch_size, unroll=args.unroll_slices))
         with accelerator.accumulate(model):
-            loss = refiner_loss(model(context, coarse, audio), target, context)
+            loss = unrolled(model, context, coarse, audio, target, weights)[1]
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             optimizer.step()
@@ -158,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
             if step % 50 == 0:
                 log.log(step, loss=loss.item(), lr=scheduler.get_last_lr()[0])
             if step % args.validation_steps == 0 or step == args.max_train_steps:
-                log.log(step, **evaluate(accelerator.unwrap_model(model), validation))
+                log.log(step, **evaluate(accelerator.unwrap_model(model), validation, args.unroll_slices))
                 model.train()
             if step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, args, step)
@@ -174,13 +252,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: TemporalRefiner, slices: Slices, batches: int = 8) -> dict[str, float]:
+def evaluate(model: TemporalRefiner, slices: Slices, unroll: int = 1, batches: int = 8) -> dict[str, float]:
     """Refiner on vs off (coarse tokens only): error against the real motion, in normalised units."""
     model.eval()
     on, off = [], []
     for _ in range(batches):
-        context, coarse, audio, target = slices.batch(128, context_noise=0.0)
-        on.append(F.mse_loss(model(context, coarse, audio), target).item())
+        context, coarse, audio, target = slices.batch(128, context_noise=0.0, unroll=unroll)
+        on.append(F.mse_loss(unrolled(model, context, coarse, audio)[0], target).item())
         off.append(F.mse_loss(coarse, target).item())
     return {"val_mse_refined": float(np.mean(on)), "val_mse_coarse": float(np.mean(off))}
 

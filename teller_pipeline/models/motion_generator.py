@@ -92,6 +92,9 @@ class MotionGenerator(ModelMixin, ConfigMixin):
             attn_implementation="sdpa",
         )
         self.backbone = Qwen2Model(backbone_config)
+        # Qwen2 has attention dropout only; dropping input embeddings too regularises the small model, which
+        # otherwise overfits a few hours of synthetic speech.
+        self.embedding_dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size, num_quantizers * codebook_size)
 
     # ---------------------------------------------------------------- embeddings
@@ -139,7 +142,7 @@ class MotionGenerator(ModelMixin, ConfigMixin):
         a = self.config.audio_tokens_per_slice
         per_slice = torch.cat([self.embed_audio(audio), self.embed_pairs(codes)], 2)  # (B, S, A+Q/2, D)
         sequence = torch.cat([self.embed_prefix(identity_prior), per_slice.flatten(1, 2)], 1)
-        hidden = self.backbone(inputs_embeds=sequence).last_hidden_state
+        hidden = self.backbone(inputs_embeds=self.embedding_dropout(sequence)).last_hidden_state
         p = sequence.shape[1] - per_slice.shape[1] * per_slice.shape[2]
         hidden = hidden[:, p:].reshape(b, s, a + self.steps_per_slice, -1)
         # Predictors: the last audio token, then every pair but the slice's last.
@@ -208,6 +211,20 @@ class MotionGenerator(ModelMixin, ConfigMixin):
             state.history.popleft()
         state.slices_in_context += 1
         return codes
+
+    @torch.no_grad()
+    def generate(
+        self,
+        identity_prior: torch.Tensor,
+        audio: torch.Tensor,
+        generator: torch.Generator | None = None,
+        top_k: int = 15,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
+        """Tokens (S, Q) for a whole utterance's slices of audio (S, 10, 512), generated slice by slice as a
+        streaming session does (same bounded context, same sampling); `identity_prior` is (1, 21, 3)."""
+        state = self.start(identity_prior)
+        return torch.stack([self.generate_slice(state, a, generator, top_k, temperature) for a in audio])
 
 
 def sample_top_k(

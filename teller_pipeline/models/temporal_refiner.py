@@ -5,7 +5,8 @@ movements. The refiner sees the last `context_frames` refined frames, the curren
 the slice's audio, and predicts a residual for the current slice. It is causal (no future slices), so it adds
 no latency. Its last layer starts at zero: an untrained refiner is the identity. The starter recipe trains it
 on the generator's own sampled output (`train_refiner.py --generator`), expression only: it learns to pull the
-sampled lip shapes toward what the audio says, and leaves the sampled head motion alone.
+sampled lip shapes toward what the audio says, and leaves the sampled head motion alone. Training runs it over
+several slices in a row, each seeing the refiner's own earlier output as context, as streaming does.
 
 Trained for mean squared error, it regresses toward the mean: its lip movements come out smaller than the
 data's. `expression_gain`, measured on the validation split when training ends (how much larger the data's
