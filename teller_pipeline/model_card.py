@@ -139,7 +139,9 @@ def _architecture(checkpoint: Path) -> str:
          f"step, top-k; KV cache; context bounded to {gen['max_context_slices']} slices",
          f"{m['motion_generator']:.1f} M"),
         ("temporal_refiner", f"ETM: residual convolutions ({ref['num_layers']} layers, width {ref['hidden_dim']}) "
-         "over recent motion + the slice's audio, causal across slices; expression movements scaled by "
+         "over recent motion + the slice's audio, causal across slices; trained on the generator's own "
+         "sampled output, run over 4 slices at a time on its own earlier output as in streaming, the lips "
+         "weighted 4× in its loss; expression movements scaled by "
          f"{ref.get('expression_gain', 1.0):.2f} (the shrinkage measured on the validation split)",
          f"{m['temporal_refiner']:.2f} M"),
         ("renderer", "geometric: a mesh-driven warp of the whole photo, synthesized oral cavity and teeth, "
@@ -216,10 +218,12 @@ pocketsphinx for the real recordings).
 
 ## Limitations
 
-- Lip sync is measurably there but not yet at the project's targets on every portrait: see the FAIL lines of
-  the evaluations above. A photo with an open mouth (the astronaut's grin) scores lower than a closed one: its
-  teeth and lips are moved from an open start, and the landmarker reads that mouth less consistently. More
-  voices in the corpus and a generator that does not overfit 3 hours of speech are the next steps.
+- Lip sync is measured on two portraits and a few hundred seconds of speech (tables above); a photo with an
+  open mouth (the astronaut's grin) scores lower than a closed one: its teeth and lips are moved from an open
+  start, and the landmarker reads that mouth less consistently. The generator overfits 3 hours of synthetic
+  speech after about 1000 steps; the refiner carries much of the lip sync (its table above).
+- Generated head motion is livelier and more jittery than the corpus's (rotation speed and jitter in the
+  tables above): the refiner leaves head motion as sampled.
 - Trained only on synthetic voices and synthesized motion: lip shapes follow a viseme model, not real
   faces, and expressiveness (emotion, gaze, large head turns) is limited.
 - The geometric renderer moves the photo's own pixels: large head rotations, profile photos, occlusions
