@@ -131,20 +131,16 @@ def generated_motion(generator: MotionGenerator, tokenizer: MotionTokenizer, dat
     return out
 
 
-def unrolled(model: TemporalRefiner, context: torch.Tensor, coarse: torch.Tensor, audio: torch.Tensor,
-             target: torch.Tensor | None = None, weights: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The refiner over `audio.shape[1]` consecutive slices, each seeing its own earlier output as context:
-    (refined (B, S·5, D), mean `refiner_loss` against `target`, or 0 without one)."""
+def unrolled_loss(model: TemporalRefiner, context: torch.Tensor, coarse: torch.Tensor, audio: torch.Tensor,
+                  target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean `refiner_loss` of `TemporalRefiner.unroll` over its slices; each slice's velocity is taken from the
+    frame before it (the context's last, then the refiner's own)."""
     n = model.config.frames_per_slice
-    refined, loss = [], torch.zeros(())
-    for k in range(audio.shape[1]):
-        current = model(context, coarse[:, k * n : (k + 1) * n], audio[:, k])
-        if target is not None:
-            loss = loss + refiner_loss(current, target[:, k * n : (k + 1) * n], context, weights) / audio.shape[1]
-        context = torch.cat([context, current], 1)[:, -context.shape[1] :]
-        refined.append(current)
-    return torch.cat(refined, 1), loss
+    refined = model.unroll(context, coarse, audio)
+    anchors = torch.cat([context[:, -1:], refined[:, n - 1 : -1 : n]], 1)  # (B, S, D): the frame before each slice
+    losses = [refiner_loss(refined[:, k * n : (k + 1) * n], target[:, k * n : (k + 1) * n], anchors[:, k : k + 1],
+                           weights) for k in range(audio.shape[1])]
+    return torch.stack(losses).mean()
 
 
 def lip_weights(lip_weight: float, motion_dim: int) -> torch.Tensor:
@@ -160,7 +156,7 @@ def lip_weights(lip_weight: float, motion_dim: int) -> torch.Tensor:
 def refiner_loss(refined: torch.Tensor, target: torch.Tensor, context: torch.Tensor,
                  weights: torch.Tensor | None = None) -> torch.Tensor:
     """Weighted squared error of position, velocity (including the step from the last context frame into the
-    slice) and acceleration."""
+    slice) and acceleration; only the context's last frame is used."""
     full_refined = torch.cat([context[:, -1:], refined], 1)
     full_target = torch.cat([context[:, -1:], target], 1)
     weights = torch.ones(refined.shape[-1], device=refined.device) if weights is None else weights
@@ -225,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         context, coarse, audio, target = (t.to(accelerator.device)
                                           for t in train.batch(args.train_batch_size, unroll=args.unroll_slices))
         with accelerator.accumulate(model):
-            loss = unrolled(model, context, coarse, audio, target, weights)[1]
+            loss = unrolled_loss(model, context, coarse, audio, target, weights)
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             optimizer.step()
@@ -258,7 +254,7 @@ def evaluate(model: TemporalRefiner, slices: Slices, unroll: int = 1, batches: i
     on, off = [], []
     for _ in range(batches):
         context, coarse, audio, target = slices.batch(128, context_noise=0.0, unroll=unroll)
-        on.append(F.mse_loss(unrolled(model, context, coarse, audio)[0], target).item())
+        on.append(F.mse_loss(model.unroll(context, coarse, audio), target).item())
         off.append(F.mse_loss(coarse, target).item())
     return {"val_mse_refined": float(np.mean(on)), "val_mse_coarse": float(np.mean(off))}
 

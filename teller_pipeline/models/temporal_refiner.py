@@ -80,20 +80,25 @@ class TemporalRefiner(ModelMixin, ConfigMixin):
         residual = self.out(x).transpose(1, 2)[:, -n:]
         return coarse + residual * self.residual_mask
 
+    def unroll(self, context: torch.Tensor, coarse: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """Refined frames (B, S·5, 69) of S consecutive slices, run causally as `TellerSession` runs them: each
+        slice sees the refiner's own output before it. `context` (B, C, 69) precedes the first slice, coarse is
+        (B, S·5, 69), audio (B, S, 10, 512)."""
+        n = self.config.frames_per_slice
+        refined = []
+        for k in range(audio.shape[1]):
+            current = self(context, coarse[:, k * n : (k + 1) * n], audio[:, k].to(self.dtype))
+            context = torch.cat([context, current], 1)[:, -context.shape[1] :]
+            refined.append(current)
+        return torch.cat(refined, 1)
+
 
 @torch.no_grad()
 def refine_causally(
     refiner: TemporalRefiner, tokenizer: MotionTokenizer, coarse: torch.Tensor, audio_features: torch.Tensor
 ) -> torch.Tensor:
     """The refiner over a whole utterance (normalised coarse motion (T, 69), whisper frames (S, 10, 512)), slice
-    by slice as `TellerSession` runs it: each slice sees the refiner's own output before it, from rest."""
-    n = refiner.config.frames_per_slice
+    by slice as `TellerSession` runs it, from rest."""
     neutral = tokenizer.normalize(torch.zeros(refiner.config.motion_dim, device=tokenizer.device))
-    context = neutral.expand(refiner.config.context_frames, -1).clone()
-    out = []
-    for k in range(len(audio_features)):
-        audio = audio_features[k][None].to(refiner.dtype)
-        refined = refiner(context[None], coarse[None, k * n : (k + 1) * n], audio)[0]
-        context = torch.cat([context, refined])[-len(context) :]
-        out.append(refined)
-    return torch.cat(out)
+    context = neutral.expand(refiner.config.context_frames, -1)
+    return refiner.unroll(context[None], coarse[None], audio_features[None])[0]
