@@ -2,7 +2,7 @@
 
 `python app.py` serves it locally on a CPU; the same file runs on a ZeroGPU Hugging Face Space. The app is a thin
 layer over one `TellerPipeline`: the Generate tab calls it once per request, the Live tab runs one streaming
-session per visitor and sends the frames back as short video segments with the visitor's own voice.
+session per visitor and streams the frames back, with the visitor's own voice, to a player in the page.
 
 Settings (environment): TELLER_CHECKPOINT (folder or Hub id, default the bundled checkpoints/teller-base),
 TELLER_LIVE_SECONDS (time limit of a live session), TELLER_LIVE_SESSIONS (live sessions run at once),
@@ -12,6 +12,7 @@ TELLER_MAX_SPEECH_SECONDS (longest speech the Generate tab accepts).
 # ZeroGPU patches torch when `spaces` is imported, so it must come before anything that imports torch.
 import spaces  # isort: skip
 
+import base64
 import contextlib
 import logging
 import multiprocessing
@@ -21,6 +22,7 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +35,7 @@ from teller_pipeline import FaceNotFoundError, ImageError, TellerPipeline
 from teller_pipeline.audio import SAMPLE_RATE, AudioError, load_audio
 from teller_pipeline.pipeline_teller import PreparedSource
 from teller_pipeline.streaming import FPS
-from teller_pipeline.video import TSSegmentWriter
+from teller_pipeline.video import LiveMP4Writer
 
 logger = logging.getLogger("teller.app")
 
@@ -232,14 +234,16 @@ SESSIONS = LiveSessions()
 
 
 class VoiceTrack:
-    """The visitor's own voice, cut into the spans of the frames the model returns (frame i covers
-    [i/25, (i+1)/25) s of the speech), so each segment plays with exactly its audio."""
+    """The visitor's own voice for the live video, where frame i covers [i/25, (i+1)/25) s of it. Each chunk of
+    video carries the voice up to its last frame and all heard after that so far: with the voice ahead of the
+    video, a browser starts playing on the first chunk (Chrome waits for about 0.2 s of buffered audio, more
+    than one chunk's frames span). The stream's timestamps keep lips and voice together either way."""
 
     def __init__(self) -> None:
         self.rate: int | None = None
-        self.buffer = np.zeros(0, np.float32)
-        self.start = 0  # absolute index of buffer[0]
-        self.frames = 0
+        self.pending = np.zeros(0, np.float32)  # heard, not sent yet
+        self.sent = 0  # samples sent so far
+        self.frames = 0  # frames whose voice has been sent
 
     def add(self, samples: np.ndarray, rate: int) -> None:
         mono = np.asarray(samples)
@@ -249,17 +253,16 @@ class VoiceTrack:
             self.rate = int(rate)
         elif rate != self.rate:  # browsers keep one rate per recording; this only guards the arithmetic
             mono = np.interp(np.arange(0, len(mono), rate / self.rate), np.arange(len(mono)), mono)
-        self.buffer = np.concatenate([self.buffer, mono.astype(np.float32)])
+        self.pending = np.concatenate([self.pending, mono.astype(np.float32)])
 
     def take(self, num_frames: int) -> np.ndarray:
-        rate = self.rate or SAMPLE_RATE
-        begin, end = (round(f * rate / FPS) for f in (self.frames, self.frames + num_frames))
+        """The voice to send with the next `num_frames` frames: all heard so far, and silence past the end of
+        the speech if the frames go further (the session's final frames)."""
         self.frames += num_frames
-        out = np.zeros(end - begin, np.float32)  # past the end of the speech (the final frames): silence
-        got = self.buffer[begin - self.start : end - self.start]
-        out[: len(got)] = got
-        drop = min(end - self.start, len(self.buffer))
-        self.buffer, self.start = self.buffer[drop:], self.start + drop
+        short = round(self.frames * (self.rate or SAMPLE_RATE) / FPS) - self.sent - len(self.pending)
+        out = np.concatenate([self.pending, np.zeros(max(short, 0), np.float32)])
+        self.pending = np.zeros(0, np.float32)
+        self.sent += len(out)
         return out
 
 
@@ -314,13 +317,14 @@ def live_session(
     blinks_per_minute: float,
     size: int,
     request: gr.Request,
-) -> Iterator[str]:
-    """Started by the microphone's record button: yields one MP4 segment (H.264 + PCM) per batch of frames."""
+) -> Iterator[dict]:
+    """Started by the microphone's record button: yields the live video, one fragmented MP4 (H.264 + AAC) in
+    chunks, each a value for the Live tab's player (`web/live_player.js`), which appends them to a MediaSource."""
     key = request.session_hash
     if not portrait:
         raise gr.Error("Please choose a portrait first.", print_exception=False)
     chunks = SESSIONS.open(key)  # first, so no chunk of the speech is dropped while the portrait is analysed
-    segments = Path(tempfile.mkdtemp(prefix="teller-live-"))
+    player = dict(session=uuid.uuid4().hex, seq=0)  # a new session id tells the player to start afresh
     frames = None
     writer = None
     started = time.monotonic()
@@ -333,18 +337,27 @@ def live_session(
             for batch, audio, rate in frames:
                 if writer is None:
                     height, width = batch.shape[1:3]
-                    writer = TSSegmentWriter(FPS, rate, width, height, target="gradio")
+                    writer = LiveMP4Writer(FPS, rate, width, height)
+                    player["mime"] = writer.mime_type
                     logger.info("live %s: first video %.2f s after recording started", key[:8],
                                 time.monotonic() - started)
                 logger.debug("live %s: %d frames at %.2f s", key[:8], len(batch), time.monotonic() - started)
-                yield str(writer.write_file(segments, list(batch), audio))
+                yield _player_chunk(player, writer.write(list(batch), audio))
+            if writer is not None:
+                yield _player_chunk(player, writer.close(), end=True)
     finally:
         if frames is not None:
             frames.close()  # the visitor left mid-session: end the model's loop too
         if writer is not None:
             writer.close()
         SESSIONS.close(key, chunks)
-        shutil.rmtree(segments, ignore_errors=True)
+
+
+def _player_chunk(player: dict, data: bytes, end: bool = False) -> dict:
+    """The player's value for one chunk; numbered, so the page can tell if one went missing."""
+    chunk = player | dict(data=base64.b64encode(data).decode("ascii"), end=end)
+    player["seq"] += 1
+    return chunk
 
 
 def live_chunk(chunk: tuple[int, np.ndarray] | None, request: gr.Request) -> None:
@@ -395,6 +408,24 @@ generated when you share it.
 """
 
 PORTRAITS = [str(EXAMPLES / "astronaut.png"), str(EXAMPLES / "grace_hopper.jpg")]
+
+# The Live tab's player: a <video> fed through Media Source Extensions (see web/live_player.js).
+LIVE_PLAYER_JS = (ROOT / "web" / "live_player.js").read_text()
+LIVE_PLAYER_HTML = """
+<div class="teller-live-label">Live</div>
+<video playsinline></video>
+<div class="teller-live-hint">Press <b>Record</b> and speak: your portrait answers here.</div>
+"""
+LIVE_PLAYER_CSS = """
+border: 1px solid var(--block-border-color); border-radius: var(--block-radius); overflow: hidden;
+position: relative; background: var(--block-background-fill);
+.teller-live-label { position: absolute; top: 0; left: 0; z-index: 1; padding: 2px 8px; font-size: var(--text-sm);
+  color: var(--block-label-text-color); background: var(--block-label-background-fill);
+  border-bottom-right-radius: var(--block-radius); }
+video { display: block; width: 100%; height: 480px; object-fit: contain; background: #000; }
+.teller-live-hint { position: absolute; inset: auto 0 45% 0; text-align: center; color: #ddd; pointer-events: none; }
+.teller-live-hint b { color: #fff; }
+"""
 
 with gr.Blocks(title="Teller: make a portrait speak", delete_cache=(3600, 3600)) as demo:
     gr.Markdown(HEADER)
@@ -448,8 +479,8 @@ with gr.Blocks(title="Teller: make a portrait speak", delete_cache=(3600, 3600))
                 with gr.Column():
                     live_status = gr.Markdown("Choose a portrait, then press **Record** and speak.")
                     mic = gr.Audio(label="Your voice", sources=["microphone"], streaming=True, type="numpy")
-                    live_video = gr.Video(label="Live", streaming=True, autoplay=True, interactive=False,
-                                          height=480, elem_id="live-video")
+                    live_video = gr.HTML(None, html_template=LIVE_PLAYER_HTML, css_template=LIVE_PLAYER_CSS,
+                                         js_on_load=LIVE_PLAYER_JS, elem_id="live-video")
                     gr.Markdown(f"A live session lasts up to {LIVE_SECONDS:g} s. Headphones avoid echo.")
             gr.on([live_portrait.change, live_size.change], analyse_portrait, [live_portrait, live_size],
                   live_status, api_name=False)

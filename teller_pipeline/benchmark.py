@@ -1,7 +1,7 @@
 """Speed benchmark: `python -m teller_pipeline.benchmark [options]`.
 
 Streams real speech through a `TellerSession` in 200 ms chunks, the way a microphone feeds the Live tab, and
-encodes every chunk's frames into a live video segment (`TSSegmentWriter`, as the app does). For each portrait
+encodes every chunk's frames into the live video stream (`LiveMP4Writer`, as the app does). For each portrait
 and output size it reports:
 
 * milliseconds per video frame in each stage: audio encoder, motion generator, temporal refiner (with the
@@ -142,27 +142,27 @@ def load_speech(paths: list[str | os.PathLike], seconds: float) -> np.ndarray:
 
 def stream(pipe, source, speech: np.ndarray, encode: bool = True, seed: int = 0,
            on_chunk=None) -> tuple[dict[str, float], int, float, float, list[float]]:
-    """Push `speech` in 200 ms chunks through a fresh session, encoding each chunk's frames as a live segment.
+    """Push `speech` in 200 ms chunks through a fresh session, encoding each chunk's frames into the live stream.
 
     Segments are encoded on a second thread while the session works on the next chunk, as a streaming server
-    does (the encoder's own time is still measured and reported); the run ends when the last segment is written.
+    does (the encoder's own time is still measured and reported); the run ends when the last chunk is encoded.
     Returns (stage wall-times in ms summed over the run, frames, wall seconds, CPU seconds of the process,
     per-chunk latencies in ms).
     `on_chunk(chunk_index)` is called after every chunk (the long run samples memory there).
     """
     from .audio import SAMPLE_RATE
-    from .video import TSSegmentWriter
+    from .video import LiveMP4Writer
 
     chunk = int(round(CHUNK_SECONDS * SAMPLE_RATE))
     height, width = source.image.shape[:2]
-    writer = TSSegmentWriter(25, SAMPLE_RATE, width, height, target="gradio") if encode else None
-    encoder = ThreadPoolExecutor(1, thread_name_prefix="benchmark-encode")  # one worker: segments stay in order
+    writer = LiveMP4Writer(25, SAMPLE_RATE, width, height) if encode else None
+    encoder = ThreadPoolExecutor(1, thread_name_prefix="benchmark-encode")  # one worker: chunks stay in order
     encoding_ms = [0.0]
 
     def write(frames: list[np.ndarray], audio: np.ndarray | None, last: bool = False) -> None:
         t = time.perf_counter()
         if frames:
-            writer.write(frames, audio, last=last)
+            writer.write(frames, audio)
         if last:
             writer.close()
         encoding_ms[0] += (time.perf_counter() - t) * 1000
@@ -179,7 +179,7 @@ def stream(pipe, source, speech: np.ndarray, encode: bool = True, seed: int = 0,
             frames += len(batch)
             if writer is not None:
                 pending.append(encoder.submit(write, batch, audio))
-                while len(pending) > 2:  # back-pressure: never more than two segments waiting
+                while len(pending) > 2:  # back-pressure: never more than two chunks waiting
                     pending.pop(0).result()
         if on_chunk is not None:
             on_chunk(k)
@@ -370,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=1, help="runs per size; the fastest is reported")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     parser.add_argument("--no-offline", action="store_true", help="skip the offline (pipe(...) → MP4) timing")
-    parser.add_argument("--no-video", action="store_true", help="stream without encoding video segments")
+    parser.add_argument("--no-video", action="store_true", help="stream without encoding the live video")
     parser.add_argument("--long-minutes", type=float, default=0.0,
                         help="also stream this many minutes of speech through one session, tracking memory")
     parser.add_argument("--long-run", default="examples/astronaut.png:512", help="PATH:SIZE of the long run")

@@ -1,4 +1,4 @@
-"""Encode RGB frames + mono speech audio to H.264: MP4 files and live segments (MPEG-TS, or for Gradio).
+"""Encode RGB frames + mono speech audio to H.264 + AAC: MP4 files, and a live fragmented MP4 stream.
 
 Frames are ``uint8`` RGB arrays ``(H, W, 3)``; audio is float32 mono in ``[-1, 1]`` at ``sample_rate``.
 
@@ -10,10 +10,9 @@ Choices shared by the writers:
 * **BT.709, limited range, tagged.** Browsers assume BT.709 for untagged H.264, while swscale's default
   RGB->YUV matrix is BT.601; converting and tagging explicitly keeps skin tones from shifting.
 * **AAC at 48 kHz mono**, resampled from the input rate. 16 kHz AAC-LC is legal, but at <= 24 kHz it
-  cannot be told apart from implicitly signalled HE-AAC, and players special-case those rates (hls.js,
-  which Gradio's streaming video uses, rewrites their codec config per browser); 48 kHz is what every
-  browser plays natively, and its 1024-sample AAC frame lasts 21 ms instead of 64 ms, which keeps live
-  segments' audio close to their video.
+  cannot be told apart from implicitly signalled HE-AAC, and players special-case those rates; 48 kHz is
+  what every browser plays natively, and its 1024-sample AAC frame lasts 21 ms instead of 64 ms, which
+  keeps the live stream's audio close to its video.
 * **Missing or empty audio becomes silence** of the video's length, so players always see an audio track
   and timing behaves the same with and without speech.
 """
@@ -21,17 +20,17 @@ Choices shared by the writers:
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Iterable
 from fractions import Fraction
 from itertools import chain
 from pathlib import Path
-from typing import Literal
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-__all__ = ["AUDIO_OUT_RATE", "TSSegmentWriter", "probe_media", "write_mp4"]
+__all__ = ["AUDIO_OUT_RATE", "LiveMP4Writer", "probe_media", "write_mp4"]
 
 AUDIO_OUT_RATE = 48_000
 AUDIO_BITRATE = 96_000  # mono speech; FFmpeg's native AAC encoder needs more than fdk for the same quality
@@ -169,33 +168,20 @@ def write_mp4(
     return path
 
 
-class TSSegmentWriter:
-    """Encode a live stream chunk by chunk into self-contained segments that start with an IDR frame.
+class LiveMP4Writer:
+    """Encode a live stream chunk by chunk into one continuous fragmented MP4 (H.264 + AAC) for a browser's
+    Media Source Extensions, which append every chunk's bytes to one buffer and play them as they come.
 
-    Video is low latency (``tune=zerolatency``: no B-frames, no lookahead, one packet per input
-    frame) and its encoder persists across segments. Two targets:
-
-    ``target="hls"`` (default): MPEG-TS segments, H.264 + AAC, for players that append segments.
-    Each has its own PAT/PMT; timestamps continue from ~0.1 s (a whole number of frames: MPEG-TS cannot
-    carry the negative timestamp of AAC's priming frame); continuity counters are rewritten to follow
-    on, so the concatenated bytes are one valid stream. The AAC encoder persists too (no priming gap
-    per segment), but holds back up to ~43 ms (one 1024-sample frame of lookahead plus the partial
-    frame), which arrives with the next segment or with ``last=True``.
-
-    ``target="gradio"``: ``.mp4`` chunks, H.264 + 16-bit PCM at 48 kHz, timestamps from 0 in every
-    chunk. Gradio 6.31's ``gr.Video(streaming=True)`` does not append what it is given: it decodes
-    each chunk's audio *on its own* with ffmpeg, re-encodes it with one AAC encoder of its own, and
-    pads silence wherever a chunk's audio is shorter than its video. AAC chunks fail both ways: a
-    chunk's first AAC frame cannot be decoded without the previous one (clicks at every boundary),
-    and the encoder's held-back audio makes chunks short (gaps, then video freezes as Gradio resyncs).
-    PCM decodes exactly, chunk by chunk, with exactly the video's length. 48 kHz because Gradio's
-    encoder runs at the first chunk's rate, and hls.js treats AAC at <= 24 kHz specially (HE-AAC
-    signalling) in ways some browsers fail on.
-
-    Frames must be ``(height, width, 3)`` uint8 RGB; odd sizes are padded like ``write_mp4``.
+    The first chunk's bytes start with the init segment (``ftyp`` + an empty ``moov``, written by ffmpeg's mp4
+    muxer); every chunk is then one ``moof`` + ``mdat`` fragment holding all its packets, whose decode times
+    continue the previous chunk's. The fragments are written here rather than by ffmpeg's muxer, which only
+    writes a fragment when the next one starts (a chunk of delay), writes wrong durations in its
+    fragment-per-frame mode, and restarts decode times at zero in a fresh muxer per chunk.
+    Video is low latency (``tune=zerolatency``: no B-frames, no lookahead, one packet per frame) with a
+    keyframe every 2 s. Audio is AAC at 48 kHz (see the module doc); its encoder holds back about 43 ms, which
+    comes with the next chunk or with :meth:`close`. Frames must be ``(height, width, 3)`` uint8 RGB; odd sizes
+    are padded like ``write_mp4``.
     """
-
-    START_SECONDS = 0.1
 
     def __init__(
         self,
@@ -205,140 +191,126 @@ class TSSegmentWriter:
         height: int = 512,
         crf: int = 23,
         preset: str = "veryfast",
-        target: Literal["hls", "gradio"] = "hls",
     ) -> None:
-        if target not in ("hls", "gradio"):
-            raise ValueError(f"target must be 'hls' or 'gradio', got {target!r}")
-        self.fps, self.sample_rate, self.target = fps, sample_rate, target
-        self.suffix = ".ts" if target == "hls" else ".mp4"
+        self.fps, self.sample_rate = fps, sample_rate
         self._in_size = (width, height)
-        x264 = {
-            "crf": str(crf),
-            "preset": preset,
-            "tune": "zerolatency",
-            "forced-idr": "1",  # the forced keyframe opening a segment must be an IDR to decode alone
-            "x264-params": f"keyint={2 * fps}:scenecut=0",  # no extra keyframes inside a segment
-        }
-        # The encoders live in a container that is never written to (MPEG-TS, so H.264 keeps its
-        # parameter sets in-band); each segment copies their parameters into a fresh muxer.
-        self._encoders = av.open(io.BytesIO(), "w", format="mpegts")
-        self._video = _add_video(self._encoders, fps, *_even_size(width, height), x264)
-        self._audio = _add_aac(self._encoders) if target == "hls" else None
-        self._encoders.start_encoding()  # opens the codecs now, not inside the first segment
+        x264 = {"crf": str(crf), "preset": preset, "tune": "zerolatency",
+                "x264-params": f"keyint={2 * fps}:scenecut=0"}
+        # The mp4 muxer writes the init segment (the codecs' parameters) and is then only used for its
+        # track layout: track i + 1 is stream i, in the time base the muxer chose for it.
+        init = io.BytesIO()
+        self._muxer = av.open(init, "w", format="mp4", container_options={"movflags": "empty_moov+frag_custom"})
+        self._video = _add_video(self._muxer, fps, *_even_size(width, height), x264)
+        self._audio = _add_aac(self._muxer)
+        self._muxer.start_encoding()  # opens the codecs and writes ftyp + moov
+        self.init_segment = init.getvalue()
+        self.mime_type = _mse_mime_type(self.init_segment)
+        self._timescale = {s.index: s.time_base for s in self._muxer.streams}  # 1/12800 for 25 fps video
         self._reformatter = VideoReformatter()
-        self._start_frames = round(self.START_SECONDS * fps) if target == "hls" else 0
         self._frames = 0
         self._samples = 0
-        self._next_cc: dict[int, int] = {}  # hls: per PID, the next MPEG-TS continuity counter
-        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_OUT_RATE)  # gradio
-        self._pcm_started = False
+        self._decode_time = {s.index: 0 for s in (self._video, self._audio)}  # in each track's time base
+        self._sequence = 0
         self._closed = False
-        self.segments_written = 0
 
-    def write(
-        self, frames: list[np.ndarray], audio: np.ndarray | None = None, *, last: bool = False
-    ) -> bytes:
-        """Encode one chunk (frames + the audio of the same span) and return the segment's bytes.
-
-        ``None``/empty audio means silence of ``len(frames) / fps`` seconds. Audio timing is
-        cumulative, so chunks whose audio is not ``len(frames) / fps`` long drift out of sync.
-        ``last=True`` flushes the encoders into this segment and closes the writer.
-        """
+    def write(self, frames: list[np.ndarray], audio: np.ndarray | None = None) -> bytes:
+        """Encode frames + the audio of the same span and return the chunk's bytes (the first chunk's start with
+        the init segment). ``None``/empty audio means silence of ``len(frames) / fps`` seconds. Audio timing is
+        cumulative, so chunks whose audio is not ``len(frames) / fps`` long drift out of sync."""
         if self._closed:
-            raise RuntimeError("TSSegmentWriter is closed")
+            raise RuntimeError("LiveMP4Writer is closed")
         if not frames:
-            raise ValueError("a segment needs at least one frame")
+            raise ValueError("a chunk needs at least one frame")
         samples = _as_mono(audio)
         if samples.size == 0:
             samples = np.zeros(round(len(frames) * self.sample_rate / self.fps), np.float32)
         rgb = [_prepare_rgb(f, self._in_size) for f in frames]  # validate before touching encoder state
-
-        v_pts = self._start_frames + self._frames
-        a_pts = round(self._start_frames * self.sample_rate / self.fps) + self._samples
         video: list[av.Packet] = []
         for i, frame in enumerate(rgb):
-            video += self._video.encode(_video_frame(frame, v_pts + i, keyframe=i == 0, reformatter=self._reformatter))
-        if last:
-            video += self._video.encode(None)
+            video += self._video.encode(_video_frame(frame, self._frames + i, reformatter=self._reformatter))
+        # The AAC encoder's first packet starts before zero (its priming): dropped, so both tracks start at
+        # zero. It holds the first 21 ms of the stream, silence as a recording starts.
+        audio_packets = [p for p in self._audio.encode(_audio_frame(samples, self.sample_rate, self._samples))
+                         if p.pts >= 0]
         self._frames += len(frames)
         self._samples += samples.size
+        data = self._fragment(video, audio_packets)
+        return self.init_segment + data if self._sequence == 1 else data
 
-        if self.target == "gradio":
-            data = self._gradio_chunk(video, _audio_frame(samples, self.sample_rate, a_pts), last)
-        else:
-            packets = video + self._audio.encode(_audio_frame(samples, self.sample_rate, a_pts))
-            if last:
-                packets += self._audio.encode(None)
-            data = self._continue_counters(self._mux(packets, "mpegts"))
-        self.segments_written += 1
-        if last:
-            self.close()
-        return data
+    def close(self) -> bytes:
+        """Flush the encoders; return the stream's last bytes (empty if nothing was held back)."""
+        if self._closed:
+            return b""
+        self._closed = True
+        video, audio = self._video.encode(None), self._audio.encode(None)
+        self._muxer.close()
+        return self._fragment(video, audio) if self._sequence and (video or audio) else b""
 
-    def _mux(self, packets: list[av.Packet], fmt: str, pcm: av.AudioFrame | None = None) -> bytes:
-        buf = io.BytesIO()
-        with av.open(buf, "w", format=fmt) as seg:
-            targets = {self._video.index: seg.add_stream_from_template(self._video)}
-            if pcm is None:
-                targets[self._audio.index] = seg.add_stream_from_template(self._audio)
-            else:
-                seg.mux(seg.add_stream("pcm_s16le", rate=pcm.sample_rate, layout="mono").encode(pcm))
-            for packet in packets:
-                packet.stream = targets[packet.stream.index]
-                seg.mux(packet)
-        return buf.getvalue()
-
-    def _gradio_chunk(self, video: list[av.Packet], audio: av.AudioFrame, last: bool) -> bytes:
-        frames = self._resampler.resample(audio) + (self._resampler.resample(None) if last else [])
-        pcm = np.concatenate([np.zeros(0, np.int16)] + [f.to_ndarray().reshape(-1) for f in frames])
-        # The resampler holds back a few samples for its filter; pad the very first chunk at the front
-        # so every chunk's audio is as long as its video (Gradio fills shortfalls with silence).
-        if not self._pcm_started:
-            self._pcm_started = True
-            target = round(self._samples * AUDIO_OUT_RATE / self.sample_rate)
-            pcm = np.concatenate([np.zeros(max(target - pcm.size, 0), np.int16), pcm])
-        frame = av.AudioFrame.from_ndarray(pcm[None, :], format="s16", layout="mono")
-        frame.sample_rate, frame.pts, frame.time_base = AUDIO_OUT_RATE, 0, Fraction(1, AUDIO_OUT_RATE)
-        start = video[0].pts if video else 0
-        for packet in video:  # chunk-local time: Gradio places each chunk on its own timeline
-            packet.pts -= start
-            packet.dts -= start
-        return self._mux(video, "mp4", frame)
-
-    def _continue_counters(self, data: bytes) -> bytes:
-        packets = np.frombuffer(data, np.uint8).reshape(-1, 188).copy()
-        for packet in packets:
-            pid = (int(packet[1] & 0x1F) << 8) | int(packet[2])
-            if pid == 0x1FFF:  # null packets carry no counter
+    def _fragment(self, video: list[av.Packet], audio: list[av.Packet]) -> bytes:
+        """One ``moof`` (a ``traf`` per track with packets) and its ``mdat``, per ISO/IEC 14496-12."""
+        self._sequence += 1
+        tracks = []
+        for stream, packets in ((self._video, video), (self._audio, audio)):
+            if not packets:
                 continue
-            cc = self._next_cc.get(pid, 0)
-            if packet[3] & 0x10:  # carries payload: counter advances
-                self._next_cc[pid] = (cc + 1) % 16
-            else:  # adaptation field only: repeats the previous counter
-                cc = (cc - 1) % 16
-            packet[3] = (packet[3] & 0xF0) | cc
-        return packets.tobytes()
+            samples = []
+            for packet in packets:
+                payload = _annexb_to_length_prefixed(bytes(packet)) if stream is self._video else bytes(packet)
+                ticks = 1 if stream is self._video else packet.duration  # x264 leaves video durations at 0
+                duration = round(ticks * packet.time_base / self._timescale[stream.index])
+                # Sample flags: a sync sample depends on nothing (0x02000000); other frames do and aren't sync.
+                flags = 0x02000000 if stream is self._audio or packet.is_keyframe else 0x01010000
+                samples.append((duration, payload, flags))
+            tracks.append((stream.index + 1, self._decode_time[stream.index], samples))
+            self._decode_time[stream.index] += sum(d for d, _, _ in samples)
 
-    def write_file(
-        self,
-        directory: str | Path,
-        frames: list[np.ndarray],
-        audio: np.ndarray | None = None,
-        *,
-        last: bool = False,
-    ) -> Path:
-        """Like :meth:`write`, but save the segment as ``segment_NNNNN.ts`` (``.mp4`` for Gradio) in
-        ``directory`` and return its path: Gradio's streaming ``gr.Video`` takes one path per chunk."""
-        path = Path(directory) / f"segment_{self.segments_written:05d}{self.suffix}"
-        _check_parent(path)
-        path.write_bytes(self.write(frames, audio, last=last))
-        return path
+        def trafs(moof_size: int) -> list[bytes]:
+            out, offset = [], moof_size + 8  # sample data starts after moof and mdat's header
+            for track_id, decode_time, samples in tracks:
+                run = struct.pack(">II", len(samples), offset) + b"".join(
+                    struct.pack(">III", d, len(p), f) for d, p, f in samples)
+                out.append(_box(b"traf",
+                                _full_box(b"tfhd", 0, 0x020000, struct.pack(">I", track_id)),  # base is moof
+                                _full_box(b"tfdt", 1, 0, struct.pack(">Q", decode_time)),
+                                _full_box(b"trun", 0, 0x000701, run)))  # offset, duration, size, flags
+                offset += sum(len(p) for _, p, _ in samples)
+            return out
 
-    def close(self) -> None:
-        """Release the encoders (also done by ``write(..., last=True)``)."""
-        if not self._closed:
-            self._closed = True
-            self._encoders.close()
+        mfhd = _full_box(b"mfhd", 0, 0, struct.pack(">I", self._sequence))
+        moof_size = len(_box(b"moof", mfhd, *trafs(0)))  # sizes don't depend on the offsets' values
+        moof = _box(b"moof", mfhd, *trafs(moof_size))
+        return moof + _box(b"mdat", *(p for _, _, s in tracks for _, p, _ in s))
+
+    def __enter__(self) -> LiveMP4Writer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _box(kind: bytes, *payload: bytes) -> bytes:
+    body = b"".join(payload)
+    return struct.pack(">I", 8 + len(body)) + kind + body
+
+
+def _full_box(kind: bytes, version: int, flags: int, payload: bytes) -> bytes:
+    return _box(kind, struct.pack(">I", version << 24 | flags), payload)
+
+
+def _annexb_to_length_prefixed(data: bytes) -> bytes:
+    """x264 writes NAL units after start codes (00 00 01); MP4 samples prefix each with its 4-byte length."""
+    units = (unit.rstrip(b"\x00") for unit in data.split(b"\x00\x00\x01"))  # 00 00 00 01 leaves a 00 behind
+    return b"".join(struct.pack(">I", len(unit)) + unit for unit in units if unit)
+
+
+def _mse_mime_type(init_segment: bytes) -> str:
+    """The MIME type a browser's ``MediaSource.addSourceBuffer`` needs: H.264's profile, constraints and level
+    are the three bytes after the version byte of the ``avcC`` box."""
+    at = init_segment.find(b"avcC")
+    if at < 0:
+        raise ValueError("no H.264 configuration (avcC) in the init segment")
+    profile = init_segment[at + 5 : at + 8].hex().upper()
+    return f'video/mp4; codecs="avc1.{profile}, mp4a.40.2"'
 
 
 def probe_media(path: str | Path) -> dict:

@@ -3,10 +3,11 @@ directly (gradio_client cannot drive `.stream` events; the browser test covers t
 
 from __future__ import annotations
 
+import base64
 import socket
+import tempfile
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,7 +103,7 @@ class Visitor:
     def __init__(self, app, name: str, portrait: str, size: int = 256):
         self.app, self.portrait, self.size = app, portrait, size
         self.request = gr.Request(session_hash=name)
-        self.segments: list[dict] = []
+        self.chunks: list[dict] = []  # the Live player's values, as the page receives them
         self.error: BaseException | None = None
         self.ended_at: float | None = None
 
@@ -119,10 +120,9 @@ class Visitor:
             self.app.live_stop(self.request)
 
     def run(self) -> None:
-        """Consume the session's segments; each is probed at once (the session deletes them when it ends)."""
         try:
-            for path in self.app.live_session(self.portrait, 1.0, 1.0, 15, self.size, self.request):
-                self.segments.append(probe_media(path) | {"path": path})
+            for chunk in self.app.live_session(self.portrait, 1.0, 1.0, 15, self.size, self.request):
+                self.chunks.append(chunk)
         except BaseException as error:  # noqa: B036 (re-raised in the test's thread)
             self.error = error
         self.ended_at = time.monotonic()
@@ -133,23 +133,34 @@ class Visitor:
         self.speak(samples, stop, pace)
         return listener
 
+    def video(self) -> dict:
+        """The stream the page received, joined and decoded as its player would."""
+        with tempfile.NamedTemporaryFile(suffix=".mp4") as stream:
+            stream.write(b"".join(base64.b64decode(chunk["data"]) for chunk in self.chunks))
+            stream.flush()
+            return probe_media(stream.name)
+
     @property
     def frames(self) -> int:
-        return sum(s["frame_count"] for s in self.segments)
+        return self.video()["frame_count"] if self.chunks else 0
 
 
-def test_live_chunks_in_segments_out(app, mic_speech):
+def test_live_chunks_in_video_stream_out(app, mic_speech):
     visitor = Visitor(app, "live-basic", str(ASTRONAUT))
     speech = mic_speech[: int(1.2 * MIC_RATE)]
     visitor.talk(speech).join(60)
     assert visitor.error is None and visitor.ended_at is not None
-    assert visitor.frames == 30  # 1.2 s of speech at 25 fps
-    for segment in visitor.segments:
-        assert (segment["video_codec"], segment["audio_codec"]) == ("h264", "pcm_s16le")
-        assert (segment["width"], segment["height"]) == (256, 256)
-        # Gradio decodes each chunk's audio on its own: it must be exactly as long as the chunk's video.
-        assert segment["audio_duration"] == pytest.approx(segment["frame_count"] / 25, abs=1e-3)
-        assert not Path(segment["path"]).exists()  # cleaned up with the session
+    video = visitor.video()
+    assert video["frame_count"] == 30  # 1.2 s of speech at 25 fps
+    assert (video["video_codec"], video["audio_codec"]) == ("h264", "aac")
+    assert (video["width"], video["height"]) == (256, 256)
+    assert video["audio_duration"] == pytest.approx(1.2, abs=0.03)  # the visitor's voice, all of it
+    assert video["video_pts_increasing"] and video["audio_pts_increasing"]
+    # The player starts a new MediaSource for a new session id, and needs every chunk in order.
+    assert len({chunk["session"] for chunk in visitor.chunks}) == 1
+    assert [chunk["seq"] for chunk in visitor.chunks] == list(range(len(visitor.chunks)))
+    assert all(chunk["mime"].startswith('video/mp4; codecs="avc1.') for chunk in visitor.chunks)
+    assert [chunk["end"] for chunk in visitor.chunks] == [False] * (len(visitor.chunks) - 1) + [True]
     assert not app.SESSIONS.is_live("live-basic")
 
 
@@ -194,7 +205,7 @@ def test_portrait_is_analysed_once_per_visitor(app, mic_speech, monkeypatch):
     visitor = Visitor(app, "live-once", str(GRACE_HOPPER))
     assert "ready" in app.analyse_portrait(str(GRACE_HOPPER), 256, visitor.request)
     for _ in range(2):
-        visitor.segments = []
+        visitor.chunks = []
         visitor.talk(mic_speech[: int(1.0 * MIC_RATE)]).join(60)
         assert visitor.error is None and visitor.frames == 25
     assert len(calls) == 1
@@ -218,5 +229,5 @@ def test_two_visitors_are_isolated(app, mic_speech):
         listener.join(60)
     assert alice.error is None and bob.error is None
     assert (alice.frames, bob.frames) == (25, 40)
-    assert {(s["width"], s["height"]) for s in alice.segments} == {(256, 256)}
-    assert {(s["width"], s["height"]) for s in bob.segments} == {(218, 256)}
+    assert (alice.video()["width"], alice.video()["height"]) == (256, 256)
+    assert (bob.video()["width"], bob.video()["height"]) == (218, 256)

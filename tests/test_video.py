@@ -1,15 +1,12 @@
-"""Tests for teller_pipeline.video: MP4 files, live segments (MPEG-TS, Gradio chunks), probing."""
+"""Tests for teller_pipeline.video: MP4 files, the live fragmented MP4 stream, probing."""
 
 from __future__ import annotations
-
-import asyncio
-import shutil
 
 import av
 import numpy as np
 import pytest
 
-from teller_pipeline.video import TSSegmentWriter, probe_media, write_mp4
+from teller_pipeline.video import LiveMP4Writer, probe_media, write_mp4
 
 FPS, SR = 25, 16000
 
@@ -102,108 +99,59 @@ def test_missing_audio_becomes_silence_of_video_length(tmp_path, audio):
     assert np.abs(pcm).max() < 1e-3
 
 
-def test_ts_segments_concatenate_into_one_continuous_stream(tmp_path):
-    writer = TSSegmentWriter(fps=FPS, sample_rate=SR, width=160, height=128)
-    frames, audio = list(moving_pattern(50)), sine(2.0)
-    step = round(0.4 * FPS)  # 10 frames = 0.4 s per segment
-    segments = []
-    for k in range(5):
-        chunk = slice(k * step, (k + 1) * step)
-        audio_chunk = audio[k * 6400 : (k + 1) * 6400]
-        segments.append(writer.write(frames[chunk], audio_chunk, last=k == 4))
+def write_live(tmp_path, writer: LiveMP4Writer, chunks: list[tuple[list, np.ndarray | None]], name="live.mp4"):
+    """Feed chunks through the writer as a live session does; returns the stream file and each write's bytes."""
+    pieces = [writer.write(frames, audio) for frames, audio in chunks] + [writer.close()]
+    path = tmp_path / name
+    path.write_bytes(b"".join(pieces))
+    return path, pieces
 
-    joined = tmp_path / "joined.ts"
-    joined.write_bytes(b"".join(segments))
-    info = probe_media(joined)
-    assert info["video_codec"] == "h264" and info["audio_codec"] == "aac"
-    assert info["frame_count"] == 50
-    assert info["fps"] == pytest.approx(25.0)
-    assert info["audio_duration"] == pytest.approx(2.0, abs=0.05)
+
+def top_level_boxes(data: bytes) -> list[bytes]:
+    kinds, at = [], 0
+    while at + 8 <= len(data):
+        kinds.append(data[at + 4 : at + 8])
+        at += int.from_bytes(data[at : at + 4], "big")
+    return kinds
+
+
+def test_live_chunks_join_into_one_fragmented_mp4(tmp_path):
+    writer = LiveMP4Writer(fps=FPS, sample_rate=SR, width=160, height=128)
+    assert writer.mime_type.startswith('video/mp4; codecs="avc1.64') and writer.mime_type.endswith('mp4a.40.2"')
+    frames, audio = list(moving_pattern(50)), sine(2.0)
+    chunks = [(frames[k * 5 : (k + 1) * 5], audio[k * 3200 : (k + 1) * 3200]) for k in range(10)]
+    path, pieces = write_live(tmp_path, writer, chunks)
+    # What a browser appends: the init segment once, then one fragment per chunk.
+    assert top_level_boxes(pieces[0]) == [b"ftyp", b"moov", b"moof", b"mdat"]
+    assert all(top_level_boxes(p) == [b"moof", b"mdat"] for p in pieces[1:-1])
+    info = probe_media(path)
+    assert (info["video_codec"], info["audio_codec"]) == ("h264", "aac")
+    assert info["frame_count"] == 50 and info["fps"] == pytest.approx(25.0)
+    assert info["video_duration"] == pytest.approx(2.0)
+    assert info["audio_duration"] == pytest.approx(2.0, abs=0.03)  # AAC pads its last frame
     assert info["video_pts_increasing"] and info["audio_pts_increasing"]
+    decoded = decode_rgb(path)
+    assert min(psnr(d, f) for d, f in zip(decoded, frames, strict=True)) > 30
 
-    # Every segment stands alone: starts with a keyframe, decodes all its frames, and its
-    # timestamps continue where the previous segment stopped.
-    starts = []
-    for k, data in enumerate(segments):
-        path = tmp_path / f"seg{k}.ts"
-        path.write_bytes(data)
-        with av.open(str(path)) as container:
-            packets = [p for p in container.demux(video=0) if p.size]
-            assert packets[0].is_keyframe
-            starts.append(float(packets[0].pts * packets[0].time_base))
-        assert probe_media(path)["frame_count"] == step
-    assert np.diff(starts) == pytest.approx([0.4] * 4, abs=1e-6)
+    # Nothing of the video waits for a later chunk: the stream so far decodes to every frame written so far.
+    for k in (1, 4):
+        prefix = tmp_path / f"prefix{k}.mp4"
+        prefix.write_bytes(b"".join(pieces[:k]))
+        assert probe_media(prefix)["frame_count"] == 5 * k
 
 
-def test_ts_writer_writes_files_and_handles_silence(tmp_path):
-    writer = TSSegmentWriter(fps=FPS, sample_rate=SR, width=96, height=63)  # odd height gets padded
-    frames = list(moving_pattern(10, height=63, width=96))
-    paths = [writer.write_file(tmp_path, frames, None, last=k == 1) for k in range(2)]
-    assert [p.name for p in paths] == ["segment_00000.ts", "segment_00001.ts"]
-    assert probe_media(paths[0])["height"] == 64
-    joined = tmp_path / "joined.ts"
-    joined.write_bytes(paths[0].read_bytes() + paths[1].read_bytes())
-    assert probe_media(joined)["audio_duration"] == pytest.approx(0.8, abs=0.05)
-    with pytest.raises(RuntimeError, match="closed"):
-        writer.write(list(moving_pattern(1, 63, 96)))
-
-
-def decode_pcm(path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        return np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
-
-
-def test_gradio_chunks_decode_one_by_one_without_seams(tmp_path):
-    # Gradio 6.31 decodes every chunk's audio on its own; each must be exactly its video's length and
-    # join the next without a click.
-    writer = TSSegmentWriter(fps=FPS, sample_rate=SR, width=160, height=128, target="gradio")
-    frames, audio = list(moving_pattern(50)), sine(2.0)
-    paths = [
-        writer.write_file(tmp_path, frames[k * 10 : (k + 1) * 10], audio[k * 6400 : (k + 1) * 6400])
-        for k in range(5)
-    ]
-    assert paths[0].suffix == ".mp4"
-    pcm = []
-    for path in paths:
-        info = probe_media(path)
-        assert (info["video_codec"], info["audio_codec"]) == ("h264", "pcm_s16le")
-        assert info["frame_count"] == 10 and info["audio_sample_rate"] == 48000
-        assert info["audio_duration"] == pytest.approx(0.4, abs=1e-9)
-        with av.open(str(path)) as container:
-            first = next(p for p in container.demux(video=0) if p.size)
-            assert first.is_keyframe and first.pts == 0
-        pcm.append(decode_pcm(path) / 32768)
-    joined = np.concatenate(pcm)[200:]  # past the resampler's start-up
-    # A 440 Hz sine of amplitude 0.5 moves at most 0.029 per 48 kHz sample; a seam would jump further.
-    assert np.abs(np.diff(joined)).max() < 0.035
-    assert np.sqrt(np.mean(joined**2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.02)
-
-
-@pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None, reason="needs ffmpeg")
-def test_gradio_streaming_video_keeps_lips_in_sync(tmp_path):
-    gr = pytest.importorskip("gradio")
-    # A white frame and a tone burst at the same instants must stay together through Gradio's re-mux.
+def test_live_stream_keeps_lips_in_sync(tmp_path):
+    # A white frame and a tone burst at the same instants must stay together across chunk boundaries.
     flashes = (12, 33)
     frames = [np.full((64, 64, 3), 255 if i in flashes else 0, np.uint8) for i in range(50)]
     audio = np.zeros(50 * 640, np.float32)
     for i in flashes:
         audio[i * 640 : i * 640 + 320] = 0.8 * np.sin(np.arange(320) * 0.3)
-    writer = TSSegmentWriter(fps=FPS, sample_rate=SR, width=64, height=64, target="gradio")
-    paths = [
-        writer.write_file(tmp_path, frames[k : k + 10], audio[k * 640 : (k + 10) * 640], last=k == 40)
-        for k in range(0, 50, 10)
-    ]
-
-    async def stream() -> bytes:
-        video = gr.Video(streaming=True)
-        chunks = [(await video.stream_output(str(p), "test", i == 0))[0] for i, p in enumerate(paths)]
-        chunks.append(await video.flush_stream_output("test"))
-        return b"".join(c["data"] for c in chunks if c)
-
-    out = tmp_path / "browser.ts"
-    out.write_bytes(asyncio.run(stream()))
+    writer = LiveMP4Writer(fps=FPS, sample_rate=SR, width=64, height=64)
+    chunks = [(frames[k : k + 5], audio[k * 640 : (k + 5) * 640]) for k in range(0, 50, 5)]
+    path, _ = write_live(tmp_path, writer, chunks)
     bright, loud = [], []
-    with av.open(str(out)) as container:
+    with av.open(str(path)) as container:
         for packet in container.demux():
             for frame in packet.decode():
                 if packet.stream.type == "video" and frame.to_ndarray(format="rgb24").mean() > 128:
@@ -212,26 +160,36 @@ def test_gradio_streaming_video_keeps_lips_in_sync(tmp_path):
                     hits = np.nonzero(np.abs(frame.to_ndarray()[0]) > 0.3)[0]
                     if hits.size and (not loud or frame.time - loud[-1] > 0.2):
                         loud.append(frame.time + hits[0] / frame.sample_rate)
-    assert len(bright) == len(loud) == 2
-    assert np.diff(bright) == pytest.approx([(flashes[1] - flashes[0]) / FPS], abs=1e-3)
-    assert np.abs(np.array(loud) - np.array(bright)).max() < 0.025  # lip sync within one AAC frame
-    assert probe_media(out)["video_pts_increasing"]
+    assert bright == pytest.approx([i / FPS for i in flashes], abs=1e-3)
+    assert len(loud) == 2
+    assert np.abs(np.array(loud) - np.array(bright)).max() < 0.005
+
+
+def test_live_writer_pads_odd_sizes_fills_silence_and_closes(tmp_path):
+    writer = LiveMP4Writer(fps=FPS, sample_rate=48000, width=96, height=63)  # odd height gets padded
+    path, _ = write_live(tmp_path, writer, [(list(moving_pattern(10, 63, 96)), None)] * 2)
+    info = probe_media(path)
+    assert (info["width"], info["height"], info["frame_count"]) == (96, 64, 20)
+    assert info["audio_duration"] == pytest.approx(0.8, abs=0.03)
+    with av.open(str(path)) as container:
+        assert np.abs(np.concatenate([f.to_ndarray()[0] for f in container.decode(audio=0)])).max() < 1e-3
+    assert writer.close() == b""  # closing twice is harmless
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.write(list(moving_pattern(1, 63, 96)))
 
 
 def test_bad_inputs_raise_clear_errors(tmp_path):
     missing = tmp_path / "no_such_dir" / "out.mp4"
     with pytest.raises(FileNotFoundError, match="no_such_dir"):
         write_mp4(missing, moving_pattern(5))
-    writer = TSSegmentWriter(width=160, height=128)
-    with pytest.raises(FileNotFoundError, match="no_such_dir"):
-        writer.write_file(tmp_path / "no_such_dir", list(moving_pattern(5)))
+    writer = LiveMP4Writer(width=160, height=128)
     with pytest.raises(ValueError, match="at least one frame"):
         write_mp4(tmp_path / "empty.mp4", [])
     with pytest.raises(ValueError, match="frame size changed"):
         writer.write(list(moving_pattern(2, 64, 64)))
+    with pytest.raises(ValueError, match="at least one frame"):
+        writer.write([])
     bad = tmp_path / "bad.mp4"
     with pytest.raises(ValueError, match="uint8"):
         write_mp4(bad, [np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64, 3), np.float32)])
     assert not bad.exists()  # no half-written file left behind
-    with pytest.raises(ValueError, match="target"):
-        TSSegmentWriter(target="webrtc")

@@ -1,0 +1,110 @@
+// The Live tab's player (the `js_on_load` of a gr.HTML in app.py; Gradio runs it with `element`, `props` and
+// `watch` defined). The live session yields one chunk of a fragmented MP4 at a time as this component's value,
+// {session, seq, mime, data: base64, end}; they are appended to a MediaSource as they arrive, so the first frames
+// play a few milliseconds after they reach the page. Gradio's own streaming video goes through an HLS player
+// instead, which re-encodes each segment on the server and buffers in the page: about a second more.
+const video = element.querySelector("video");
+const hint = element.querySelector(".teller-live-hint");
+const MediaSourceType = window.ManagedMediaSource || window.MediaSource; // Safari on iPhone has only the first
+// Playback stays close to the newest frame: after a stall (the server caught up in one larger chunk, or the
+// network hiccuped) it skips ahead rather than lag behind the voice for the rest of the session.
+const MAX_BEHIND_SECONDS = 1.0;
+const RESUME_BEHIND_SECONDS = 0.3;
+
+let session = null; // the live session whose chunks are playing
+let source = null;
+let buffer = null;
+let pending = []; // chunks waiting for the SourceBuffer
+let ending = false;
+let expected = 0; // the next chunk's number
+
+function decode(base64) {
+  const text = atob(base64);
+  const bytes = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
+  return bytes;
+}
+
+function showHint(text) {
+  hint.textContent = text;
+  hint.hidden = !text;
+}
+
+function start(value) {
+  session = value.session;
+  pending = [];
+  ending = false;
+  buffer = null;
+  if (!MediaSourceType || !MediaSourceType.isTypeSupported(value.mime)) {
+    showHint("This browser cannot play the live video (no Media Source Extensions for H.264 + AAC).");
+    return;
+  }
+  source = new MediaSourceType();
+  video.disableRemotePlayback = true; // ManagedMediaSource plays only with remote playback off
+  video.src = URL.createObjectURL(source);
+  const opened = source;
+  opened.addEventListener("sourceopen", () => {
+    if (opened !== source) return; // a newer session took over meanwhile
+    buffer = source.addSourceBuffer(value.mime);
+    buffer.addEventListener("updateend", () => {
+      play();
+      feed();
+    });
+    feed();
+  }, { once: true });
+}
+
+function feed() {
+  if (!buffer || buffer.updating) return;
+  if (pending.length) {
+    try {
+      buffer.appendBuffer(pending.shift());
+    } catch (error) {
+      console.error("teller: cannot append the live video", error);
+      showHint("The live video stopped: please press Record again.");
+    }
+  } else if (ending && source.readyState === "open") {
+    source.endOfStream();
+  }
+}
+
+function play() {
+  const ranges = video.buffered;
+  if (!ranges.length) return;
+  const newest = ranges.end(ranges.length - 1);
+  if (newest - video.currentTime > MAX_BEHIND_SECONDS || video.currentTime < ranges.start(0)) {
+    video.currentTime = Math.max(ranges.start(ranges.length - 1), newest - RESUME_BEHIND_SECONDS);
+  }
+  if (video.paused && !video.ended) {
+    // Pressing Record lets the page play sound; should the browser still refuse, play muted and say so.
+    video.play().catch(() => {
+      video.muted = true;
+      showHint("Muted by the browser: click the video for sound.");
+      video.play().catch(() => {});
+    });
+  }
+}
+
+video.addEventListener("click", () => {
+  if (video.muted) {
+    video.muted = false;
+    showHint("");
+  }
+});
+video.addEventListener("playing", () => {
+  if (!video.muted) showHint("");
+});
+
+watch("value", () => {
+  const value = props.value;
+  if (!value || !value.session) return;
+  if (value.session !== session) {
+    start(value);
+  } else if (value.seq !== expected) {
+    console.warn(`teller: live chunk ${expected} never arrived; the video may jump`);
+  }
+  expected = value.seq + 1;
+  if (value.data) pending.push(decode(value.data));
+  ending = Boolean(value.end);
+  feed();
+});
