@@ -164,6 +164,20 @@ def test_live_chunks_in_video_stream_out(app, mic_speech):
     assert not app.SESSIONS.is_live("live-basic")
 
 
+def test_live_voice_runs_ahead_of_the_frames_and_is_sent_once(app, mic_speech):
+    # The first chunk of video is 5 frames (0.2 s); a browser waits for ~0.2 s of audio before playing, so the
+    # chunk carries all the voice heard so far. Nothing is sent twice, and the final frames get silence.
+    voice = app.VoiceTrack()
+    voice.add(mic_speech[: int(0.45 * MIC_RATE)], MIC_RATE)
+    first = voice.take(5)
+    assert len(first) == int(0.45 * MIC_RATE)
+    np.testing.assert_allclose(first, mic_speech[: len(first)] / 32768.0, atol=1e-6)
+    assert len(voice.take(5)) == 0  # frames 5-9 are covered by what was already sent
+    voice.add(mic_speech[len(first) : int(0.5 * MIC_RATE)], MIC_RATE)
+    tail = voice.take(5)  # frames 10-14 end at 0.6 s; the speech at 0.5 s: 0.1 s of silence after it
+    assert len(tail) == int(0.15 * MIC_RATE) and not tail[-int(0.1 * MIC_RATE) :].any()
+
+
 def test_live_ends_on_idle_timeout_and_on_time_limit(app, mic_speech, monkeypatch):
     monkeypatch.setattr(app, "IDLE_SECONDS", 0.5)
     quiet = Visitor(app, "live-idle", str(ASTRONAUT))
