@@ -214,24 +214,28 @@ class LiveMP4Writer:
         self._closed = False
 
     def write(self, frames: list[np.ndarray], audio: np.ndarray | None = None) -> bytes:
-        """Encode frames + the audio of the same span and return the chunk's bytes (the first chunk's start with
-        the init segment). ``None``/empty audio means silence of ``len(frames) / fps`` seconds. Audio timing is
-        cumulative, so chunks whose audio is not ``len(frames) / fps`` long drift out of sync."""
+        """Encode frames and audio and return the chunk's bytes (the first chunk's start with the init segment).
+
+        Audio continues where the previous chunk's ended, so it may run ahead of the frames (a live session sends
+        the voice as soon as it has it). It never falls behind them: when the audio so far ends before this
+        chunk's last frame, silence fills the gap, so ``None`` or empty audio is silence of the chunk's span, or
+        nothing if earlier chunks already covered it."""
         if self._closed:
             raise RuntimeError("LiveMP4Writer is closed")
         if not frames:
             raise ValueError("a chunk needs at least one frame")
         samples = _as_mono(audio)
-        if samples.size == 0:
-            samples = np.zeros(round(len(frames) * self.sample_rate / self.fps), np.float32)
+        shortfall = round((self._frames + len(frames)) * self.sample_rate / self.fps) - self._samples - samples.size
+        if shortfall > 0:
+            samples = np.concatenate([samples, np.zeros(shortfall, np.float32)])
         rgb = [_prepare_rgb(f, self._in_size) for f in frames]  # validate before touching encoder state
         video: list[av.Packet] = []
         for i, frame in enumerate(rgb):
             video += self._video.encode(_video_frame(frame, self._frames + i, reformatter=self._reformatter))
         # The AAC encoder's first packet starts before zero (its priming): dropped, so both tracks start at
         # zero. It holds the first 21 ms of the stream, silence as a recording starts.
-        audio_packets = [p for p in self._audio.encode(_audio_frame(samples, self.sample_rate, self._samples))
-                         if p.pts >= 0]
+        audio_packets = [] if samples.size == 0 else [
+            p for p in self._audio.encode(_audio_frame(samples, self.sample_rate, self._samples)) if p.pts >= 0]
         self._frames += len(frames)
         self._samples += samples.size
         data = self._fragment(video, audio_packets)

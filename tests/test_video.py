@@ -165,6 +165,22 @@ def test_live_stream_keeps_lips_in_sync(tmp_path):
     assert np.abs(np.array(loud) - np.array(bright)).max() < 0.005
 
 
+def test_live_audio_may_run_ahead_of_the_frames_without_losing_sync(tmp_path):
+    # A live session sends the voice as soon as it has it: here 0.4 s with the first 5 frames, none with the next
+    # 5. The tone burst at 0.3 s must still meet the white frame at 0.3 s, and no silence may be inserted.
+    frames = [np.full((64, 64, 3), 255 if i == 7 else 0, np.uint8) for i in range(10)]
+    audio = np.zeros(int(0.4 * SR), np.float32)
+    audio[int(0.28 * SR) : int(0.3 * SR)] = 0.8 * np.sin(np.arange(int(0.02 * SR)) * 0.3)
+    writer = LiveMP4Writer(fps=FPS, sample_rate=SR, width=64, height=64)
+    path, _ = write_live(tmp_path, writer, [(frames[:5], audio), (frames[5:], np.zeros(0, np.float32))])
+    info = probe_media(path)
+    assert info["frame_count"] == 10 and info["audio_duration"] == pytest.approx(0.4, abs=0.025)
+    with av.open(str(path)) as container:
+        pcm = np.concatenate([f.to_ndarray()[0] for f in container.decode(audio=0)])
+    onset = np.nonzero(np.abs(pcm) > 0.3)[0][0] / 48000
+    assert onset == pytest.approx(0.28, abs=0.005)
+
+
 def test_live_writer_pads_odd_sizes_fills_silence_and_closes(tmp_path):
     writer = LiveMP4Writer(fps=FPS, sample_rate=48000, width=96, height=63)  # odd height gets padded
     path, _ = write_live(tmp_path, writer, [(list(moving_pattern(10, 63, 96)), None)] * 2)
