@@ -27,6 +27,7 @@ def _generate(args: argparse.Namespace) -> int:
         expression_scale=args.expression,
         blinks_per_minute=args.blinks_per_minute,
         breathing=args.breathing,
+        head_smoothing=args.head_smoothing,
         top_k=args.top_k,
         temperature=args.temperature,
         max_size=args.max_size,
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--expression", type=float, default=1.0, help="expression / lip amplitude scale")
     gen.add_argument("--blinks-per-minute", type=float, default=15.0)
     gen.add_argument("--breathing", type=float, default=1.0, help="idle sway amplitude (0 = none)")
+    gen.add_argument("--head-smoothing", type=float, default=0.08,
+                     help="time constant in seconds of the head motion's low-pass (0 = as generated)")
     gen.add_argument("--top-k", type=int, default=15)
     gen.add_argument("--temperature", type=float, default=1.0)
     gen.add_argument("--max-size", type=int, default=None, help="longest side of the output (default 1024)")

@@ -265,6 +265,7 @@ class TellerPipeline(DiffusionPipeline):
         top_k: int = 15,
         temperature: float = 1.0,
         silence_threshold_db: float | None = -50.0,
+        head_smoothing: float = 0.08,
         max_size: int | None = None,
         output_path: str | os.PathLike | None = None,
         return_dict: bool = True,
@@ -283,6 +284,7 @@ class TellerPipeline(DiffusionPipeline):
             top_k, temperature: sampling of motion tokens (temperature 0 = greedy).
             silence_threshold_db: below this level (dBFS) the head settles toward the photo's pose (the
                 generator itself closes the mouth in pauses); None = always as generated.
+            head_smoothing: time constant (s) of a causal low-pass on head motion; 0 = as generated.
             output_path: write the MP4 there while generating instead of keeping frames in memory.
         """
         samples = load_audio(audio, max_seconds=self.config.max_audio_seconds)
@@ -290,7 +292,7 @@ class TellerPipeline(DiffusionPipeline):
             self.prepare_source(image, max_size),
             seed=seed, head_motion_scale=head_motion_scale, expression_scale=expression_scale,
             blinks_per_minute=blinks_per_minute, breathing=breathing, top_k=top_k, temperature=temperature,
-            silence_threshold_db=silence_threshold_db,
+            silence_threshold_db=silence_threshold_db, head_smoothing=head_smoothing,
         )
         num_slices = -(-max(len(samples), 1) // SLICE_SAMPLES)
 

@@ -99,6 +99,8 @@ def browser(tmp_path_factory):
 def page(browser, server):
     context = browser.new_context(viewport={"width": 1280, "height": 1000}, permissions=["microphone"])
     page = context.new_page()
+    page.teller_console = []  # the live player's own warnings and errors (it prefixes them with "teller:")
+    page.on("console", lambda message: message.text.startswith("teller:") and page.teller_console.append(message.text))
     page.goto(server[1], wait_until="load")  # "networkidle" never comes: Gradio keeps a stream open
     page.get_by_role("heading", name="Teller").wait_for(timeout=30_000)
     yield page
@@ -169,6 +171,7 @@ def test_live_tab_plays_the_talking_portrait_while_speech_plays(page, server, sc
     print(f"\nLive tab: the video started playing {(marks['play'] - marks['click']) / 1000:.2f} s after Record was "
           f"pressed, {(marks['play'] - marks['mic']) / 1000:.2f} s after the microphone opened")
     assert samples[-1][0] - samples[0][0] > 1.0, "the live video did not keep playing"
+    assert page.teller_console == []  # every chunk arrived, in order, and the MediaSource took it
     # The face moves: thumbnails taken at different playback times differ.
     changes = [np.abs(b - a).mean() for (ta, a), (tb, b) in zip(samples, samples[1:], strict=False) if tb > ta]
     assert max(changes) > 0.3, f"the live video's frames did not change ({max(changes):.2f})"

@@ -79,4 +79,4 @@ python -m teller_pipeline.model_card --checkpoint "$CHECKPOINT" --run "$RUN" --c
 
 echo "== done; step times (s):"
 cat "$RUN/timings.tsv"
-awk -F'\t' '{s += $2} END {printf "total %.1f min\n", s / 60}' "$RUN/timings.tsv"
+awk -F'\t' '{t[$1] = $2} END {for (k in t) s += t[k]; printf "total %.1f min\n", s / 60}' "$RUN/timings.tsv"  # a step run again counts once
