@@ -41,9 +41,11 @@ function start(value) {
   }
   source = new MediaSourceType();
   video.disableRemotePlayback = true; // ManagedMediaSource plays only with remote playback off
-  video.src = URL.createObjectURL(source);
+  const url = URL.createObjectURL(source);
+  video.src = url;
   const opened = source;
   opened.addEventListener("sourceopen", () => {
+    URL.revokeObjectURL(url); // attached now; revoking lets an ended session's buffers be freed
     if (opened !== source) return; // a newer session took over meanwhile
     buffer = source.addSourceBuffer(value.mime);
     buffer.addEventListener("updateend", () => {
