@@ -281,7 +281,7 @@ def _live_frames(
             batch = [chunks.get(timeout=min(idle_seconds, max(deadline - time.monotonic(), 0.01)))]
         except queue.Empty:
             break
-        # A slow machine falls behind: take everything waiting at once, so it catches up in one larger segment
+        # A slow machine falls behind: take everything waiting at once, so it catches up in one larger chunk
         # instead of many small ones.
         with contextlib.suppress(queue.Empty):
             while batch[-1] is not None:

@@ -226,8 +226,7 @@ pocketsphinx for the real recordings).
   speech after about 1000 steps; the refiner carries much of the lip sync (its table above).
 - Generated head motion is livelier and more jittery than the corpus's (rotation speed in the tables above):
   the refiner leaves head motion as sampled, and the pipeline only low-passes it (`head_smoothing`, 0.08 s by
-  default: on the example clips it cuts the head's frame-to-frame jitter about 2.8×, e.g. 0.50° → 0.18° per
-  frame on arctic_a0009, and its sway by about a fifth).
+  default), which calms the frame-to-frame shake but not the slow wander.
 - Trained only on synthetic voices and synthesized motion: lip shapes follow a viseme model, not real
   faces, and expressiveness (emotion, gaze, large head turns) is limited.
 - The geometric renderer moves the photo's own pixels: large head rotations, profile photos, occlusions

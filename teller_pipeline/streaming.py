@@ -72,8 +72,8 @@ class GenerationControls:
     # expression instead would open a mouth photographed open (a laugh, a grin) at every pause.
     silence_threshold_db: float | None = -50.0
     # Time constant (seconds) of a causal low-pass on head rotation and translation; 0 = as generated. The
-    # generator's head motion shakes from frame to frame (0.5° of jitter against the recordings' 0.02°); 0.08 s
-    # cuts that about 2.8×, keeps most of the sway and lags the head by a few frames, never the lips.
+    # generator's head motion shakes from frame to frame far more than recorded heads do; 0.08 s calms that,
+    # keeps most of the sway and lags the head by a few frames, never the lips.
     head_smoothing: float = 0.08
 
     def validate(self) -> None:

@@ -13,8 +13,9 @@ Choices shared by the writers:
   cannot be told apart from implicitly signalled HE-AAC, and players special-case those rates; 48 kHz is
   what every browser plays natively, and its 1024-sample AAC frame lasts 21 ms instead of 64 ms, which
   keeps the live stream's audio close to its video.
-* **Missing or empty audio becomes silence** of the video's length, so players always see an audio track
-  and timing behaves the same with and without speech.
+* **Missing or empty audio becomes silence** of the video's length (the live writer: silence wherever the
+  audio so far ends before the video does), so players always see an audio track and timing behaves the
+  same with and without speech.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 // The Live tab's player (the `js_on_load` of a gr.HTML in app.py; Gradio runs it with `element`, `props` and
 // `watch` defined). The live session yields one chunk of a fragmented MP4 at a time as this component's value,
 // {session, seq, mime, data: base64, end}; they are appended to a MediaSource as they arrive, so the first frames
-// play a few milliseconds after they reach the page. Gradio's own streaming video goes through an HLS player
+// play about 0.1 s after they reach the page. Gradio's own streaming video goes through an HLS player
 // instead, which re-encodes each segment on the server and buffers in the page: about a second more.
 const video = element.querySelector("video");
 const hint = element.querySelector(".teller-live-hint");
