@@ -150,7 +150,7 @@ class TellerSession:
         self.finished = False
         self.silence_gate = 0.0  # 0 = speech, 1 = silence (head settled)
         self.smoothed_head: np.ndarray | None = None  # the low-passed head pose of the last frame
-        # Wall time per stage, summed over the session (see `teller_pipeline.benchmark`).
+        # Wall time per stage, summed over the session (see `teller_recipe.benchmark.benchmark`).
         self.timings_ms: dict[str, float] = defaultdict(float)
 
     # ------------------------------------------------------------------ audio in

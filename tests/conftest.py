@@ -25,7 +25,7 @@ def pipe():
     from teller_pipeline import TellerPipeline
 
     if not (CHECKPOINT / "model_index.json").is_file():
-        pytest.fail(f"{CHECKPOINT} is missing: build it with `python -m teller_pipeline.build_checkpoint`")
+        pytest.fail(f"{CHECKPOINT} is missing: build it with `python -m teller_recipe.conversion.build_checkpoint`")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return TellerPipeline.from_pretrained(CHECKPOINT)
@@ -34,7 +34,7 @@ def pipe():
 @pytest.fixture(scope="session")
 def tiny_pipe(pipe):
     """A tiny, seeded, untrained pipeline sharing the real audio encoder (for save/load tests)."""
-    from teller_pipeline.build_checkpoint import build_pipeline
+    from teller_recipe.conversion.build_checkpoint import build_pipeline
 
     return build_pipeline(
         "tiny", seed=0, audio_encoder=pipe.audio_encoder, feature_extractor=pipe.feature_extractor

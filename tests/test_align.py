@@ -8,8 +8,8 @@ import pytest
 pytest.importorskip("pocketsphinx")
 
 from teller_pipeline.audio import load_audio  # noqa: E402
-from teller_pipeline.data.align import align, boundary_errors, read_lab, recognize  # noqa: E402
-from teller_pipeline.data.phonemes import PHONE_SET, SILENCE  # noqa: E402
+from teller_recipe.corpus.align import align, boundary_errors, read_lab, recognize  # noqa: E402
+from teller_recipe.corpus.phonemes import PHONE_SET, SILENCE  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 A0009 = "He turned sharply, and faced Gregson across the table."

@@ -200,7 +200,7 @@ def test_empty_audio_is_not_an_error(tmp_path):
 
 
 def test_ct2_parser_reads_the_documented_layout():
-    from teller_pipeline.convert_whisper import parse_ct2_model
+    from teller_recipe.conversion.convert_whisper import parse_ct2_model
 
     def string(text: str) -> bytes:
         raw = text.encode() + b"\0"
@@ -221,7 +221,7 @@ def test_ct2_parser_reads_the_documented_layout():
 
 needs_checkpoint = pytest.mark.skipif(
     not (CHECKPOINT / "audio_encoder" / "model.safetensors").exists(),
-    reason="no converted encoder: run `python scripts/convert_whisper.py` first",
+    reason="no converted encoder: run `python -m teller_recipe.conversion.convert_whisper` first",
 )
 
 

@@ -14,9 +14,10 @@ import av
 import numpy as np
 import pytest
 
-from teller_pipeline import benchmark, streaming
+from teller_pipeline import streaming
 from teller_pipeline.models.renderer import GeometricRenderer
 from teller_pipeline.video import _video_frame
+from teller_recipe.benchmark import benchmark
 
 from .conftest import ASTRONAUT, REAL_SPEECH
 
@@ -45,7 +46,7 @@ def test_benchmark_reports_every_field(pipe, capsys, tmp_path):
 
 
 def test_benchmark_cli_documents_its_options():
-    result = subprocess.run([sys.executable, "-m", "teller_pipeline.benchmark", "--help"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "teller_recipe.benchmark.benchmark", "--help"], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0
     for option in ("--runs", "--seconds", "--long-minutes", "--threads", "--repeats", "--json"):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from teller_pipeline import rig
-from teller_pipeline.data import augment, face_model, visemes
-from teller_pipeline.data.motion_synth import SAMPLES_PER_FRAME, frame_times, synthesize_motion
-from teller_pipeline.data.phonemes import (
+from teller_recipe.corpus import augment, face_model, visemes
+from teller_recipe.corpus.motion_synth import SAMPLES_PER_FRAME, frame_times, synthesize_motion
+from teller_recipe.corpus.phonemes import (
     PHONE_SET,
     SILENCE,
     Phone,
@@ -19,7 +19,7 @@ from teller_pipeline.data.phonemes import (
     ipa_to_arpabet,
     normalize,
 )
-from teller_pipeline.data.speech import EngineUnavailable, synthesize
+from teller_recipe.corpus.speech import EngineUnavailable, synthesize
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT = ROOT / "checkpoints" / "teller-base"
@@ -94,8 +94,8 @@ def test_ipa_conversion():
 
 
 def test_flite_and_festival_parsers():
-    from teller_pipeline.data.speech.festival import parse_segs
-    from teller_pipeline.data.speech.flite import parse_psdur
+    from teller_recipe.corpus.speech.festival import parse_segs
+    from teller_recipe.corpus.speech.flite import parse_psdur
 
     phones = parse_psdur("pau:0.184 dh:0.228 ax:0.258 pau:0.4\n")
     assert [p.phone for p in phones] == [SILENCE, "DH", "AH", SILENCE]
@@ -105,13 +105,13 @@ def test_flite_and_festival_parsers():
 
 
 def _message(*fields: tuple[int, bytes]) -> bytes:
-    from teller_pipeline.data.speech.piper import _length_delimited
+    from teller_recipe.corpus.speech.piper import _length_delimited
 
     return b"".join(_length_delimited(number, payload) for number, payload in fields)
 
 
 def test_piper_duration_output_patch():
-    from teller_pipeline.data.speech.piper import _fields, add_duration_output
+    from teller_recipe.corpus.speech.piper import _fields, add_duration_output
 
     ceil = _message((1, b"x"), (2, b"durations"), (4, b"Ceil"))
     other = _message((1, b"durations"), (2, b"audio"), (4, b"Mul"))
@@ -265,7 +265,7 @@ def test_augmentation_keeps_length_and_changes_the_signal():
 
 # ---------------------------------------------------------------------------------------------- corpus
 def test_text_source_has_thousands_of_sentences():
-    from teller_pipeline.data.text import load_sentences
+    from teller_recipe.corpus.text import load_sentences
 
     try:
         sentences = load_sentences()
@@ -276,8 +276,8 @@ def test_text_source_has_thousands_of_sentences():
 
 
 def test_tiny_corpus_holds_out_whole_voices(tmp_path):
-    from teller_pipeline.data.build_corpus import build
-    from teller_pipeline.data.corpus import HELD_OUT
+    from teller_recipe.corpus.build_corpus import build
+    from teller_recipe.corpus.corpus import HELD_OUT
 
     voices = ["espeak-ng/m1", "espeak-ng/m7", "espeak-ng/f3", "flite/kal16", "flite/awb", "flite/rms"]
     try:
@@ -316,7 +316,7 @@ def test_video_to_motion_recovers_rendered_motion(tmp_path):
         pytest.skip(f"{CHECKPOINT} is not built yet")
     import torch
 
-    from teller_pipeline.data.video_to_motion import video_to_motion
+    from teller_recipe.corpus.video_to_motion import video_to_motion
     from teller_pipeline.motion import features_to_motion
     from teller_pipeline.video import write_mp4
 

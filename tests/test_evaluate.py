@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from teller_pipeline.evaluate import (
+from teller_recipe.evaluation.evaluate import (
     CLOSED_MARGIN,
     blink_count,
     closed_share,
@@ -57,7 +57,7 @@ def tiny_corpus(tmp_path_factory):
     folder = tmp_path_factory.mktemp("eval")
     # One held-out test voice only (one short utterance): the evaluation reads the test split alone.
     subprocess.run(
-        [sys.executable, "-m", "teller_pipeline.data.build_corpus", "--output", str(folder / "corpus"), "--tiny",
+        [sys.executable, "-m", "teller_recipe.corpus.build_corpus", "--output", str(folder / "corpus"), "--tiny",
          "--voices", "flite/rms", "--cache-dir", str(folder / "cache")],
         check=True, capture_output=True, cwd=ROOT,
     )

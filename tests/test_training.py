@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from teller_pipeline.data.speech import EngineUnavailable
 from teller_pipeline.models.motion_generator import MotionGenerator
 from teller_pipeline.models.motion_tokenizer import MotionTokenizer
-from teller_pipeline.training_utils import load_features
+from teller_recipe.corpus.speech import EngineUnavailable
+from teller_recipe.training.utils import load_features
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines",
@@ -46,7 +46,7 @@ def _metrics(folder: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def features(tmp_path_factory) -> Path:
-    from teller_pipeline.data.build_corpus import build
+    from teller_recipe.corpus.build_corpus import build
 
     root = tmp_path_factory.mktemp("recipe")
     voices = ["espeak-ng/m1", "espeak-ng/m7", "espeak-ng/f3", "flite/kal16", "flite/awb", "flite/rms"]
@@ -98,7 +98,7 @@ def test_recipe_trains_resumes_and_builds_a_working_checkpoint(features, tmp_pat
     trained.mkdir()
     for part in (tokenizer / "motion_tokenizer", generator / "motion_generator", refiner / "temporal_refiner"):
         (trained / part.name).symlink_to(part)
-    _run(sys.executable, "-m", "teller_pipeline.build_checkpoint", "--output", tmp_path / "checkpoint",
+    _run(sys.executable, "-m", "teller_recipe.conversion.build_checkpoint", "--output", tmp_path / "checkpoint",
          "--trained", trained, "--size", "tiny")
     pipe = TellerPipeline.from_pretrained(str(tmp_path / "checkpoint"))
     speech = np.sin(np.linspace(0, 2000, 16000)).astype(np.float32) * 0.3

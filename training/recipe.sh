@@ -42,7 +42,7 @@ step() {  # step NAME OUTPUT COMMAND...: run COMMAND unless OUTPUT exists, and r
 }
 
 step corpus "$DATA/corpus/summary.json" \
-    python -m teller_pipeline.data.build_corpus --output "$DATA/corpus" --hours "$HOURS" --workers "$WORKERS" \
+    python -m teller_recipe.corpus.build_corpus --output "$DATA/corpus" --hours "$HOURS" --workers "$WORKERS" \
     --cache-dir "$DATA/cache"
 step features "$DATA/features/dataset_dict.json" \
     python training/precompute_features.py --corpus "$DATA/corpus" --checkpoint "$CHECKPOINT" \
@@ -65,16 +65,16 @@ for part in tokenizer/motion_tokenizer generator/motion_generator refiner/tempor
     ln -sfn "../$part" "$RUN/trained/$(basename "$part")"
 done
 step checkpoint "$RUN/checkpoint.done" \
-    bash -c "python -m teller_pipeline.build_checkpoint --output '$CHECKPOINT' --trained '$RUN/trained' && touch '$RUN/checkpoint.done'"
+    bash -c "python -m teller_recipe.conversion.build_checkpoint --output '$CHECKPOINT' --trained '$RUN/trained' && touch '$RUN/checkpoint.done'"
 step evaluate "$RUN/eval/metrics.md" \
-    python -m teller_pipeline.evaluate --checkpoint "$CHECKPOINT" --corpus "$DATA/corpus" --output "$RUN/eval"
+    python -m teller_recipe.evaluation.evaluate --checkpoint "$CHECKPOINT" --corpus "$DATA/corpus" --output "$RUN/eval"
 # The astronaut's resting mouth is open; Grace Hopper's is closed: the same evaluation on her, shorter.
 step evaluate_grace_hopper "$RUN/eval_grace/metrics.md" \
-    python -m teller_pipeline.evaluate --checkpoint "$CHECKPOINT" --corpus "$DATA/corpus" --output "$RUN/eval_grace" \
+    python -m teller_recipe.evaluation.evaluate --checkpoint "$CHECKPOINT" --corpus "$DATA/corpus" --output "$RUN/eval_grace" \
     --portrait examples/grace_hopper.jpg --max-utterances 16
 
 # The model card reads the corpus summary, these step times, the evaluation tables and the README's Speed section.
-python -m teller_pipeline.model_card --checkpoint "$CHECKPOINT" --run "$RUN" --corpus "$DATA/corpus" \
+python -m teller_recipe.model_card.model_card --checkpoint "$CHECKPOINT" --run "$RUN" --corpus "$DATA/corpus" \
     ${SPEED:+--speed "$SPEED"}
 
 echo "== done; step times (s):"

@@ -17,10 +17,10 @@ import os
 import numpy as np
 import torch
 
-from teller_pipeline.build_checkpoint import SIZES
 from teller_pipeline.models.motion_generator import MotionGenerator
 from teller_pipeline.models.motion_tokenizer import MotionTokenizer
-from teller_pipeline.training_utils import (
+from teller_recipe.conversion.build_checkpoint import SIZES
+from teller_recipe.training.utils import (
     MetricsLog,
     add_common_args,
     cosine_schedule,

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from teller_pipeline.build_checkpoint import SIZES
 from teller_pipeline.models.motion_tokenizer import MotionTokenizer
 from teller_pipeline.motion import EXPRESSION, ROTATION, TRANSLATION
 from teller_pipeline.streaming import FRAMES_PER_SLICE
-from teller_pipeline.training_utils import (
+from teller_recipe.conversion.build_checkpoint import SIZES
+from teller_recipe.training.utils import (
     MetricsLog,
     add_common_args,
     cosine_schedule,

@@ -1,6 +1,6 @@
-"""Evaluate a checkpoint on held-out voices and real human speech: `python -m teller_pipeline.evaluate`.
+"""Evaluate a checkpoint on held-out voices and real human speech: `python -m teller_recipe.evaluation.evaluate`.
 
-    python -m teller_pipeline.evaluate --checkpoint checkpoints/teller-base --corpus data/corpus \
+    python -m teller_recipe.evaluation.evaluate --checkpoint checkpoints/teller-base --corpus data/corpus \
         --output runs/eval [--max-utterances 40] [--portrait examples/astronaut.png]
 
 Writes `<output>/metrics.md` (tables, targets with pass/fail), `<output>/metrics.json` and PNG plots.
@@ -74,13 +74,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import rig
-from .audio import SAMPLE_RATE, load_audio
-from .models.temporal_refiner import refine_causally
-from .motion import EXPRESSION, ROTATION, features_to_motion, motion_to_features
-from .streaming import FPS, FRAMES_PER_SLICE, SLICE_SAMPLES, embed_slice_windows, slice_windows
+from teller_pipeline import rig
+from teller_pipeline.audio import SAMPLE_RATE, load_audio
+from teller_pipeline.models.temporal_refiner import refine_causally
+from teller_pipeline.motion import EXPRESSION, ROTATION, features_to_motion, motion_to_features
+from teller_pipeline.streaming import FPS, FRAMES_PER_SLICE, SLICE_SAMPLES, embed_slice_windows, slice_windows
+from teller_recipe import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 # CMU ARCTIC (speaker bdl). a0007's transcript was checked by PocketSphinx recognition, which hears exactly this.
 REAL_RECORDINGS = {
     "arctic_a0009": "He turned sharply, and faced Gregson across the table.",
@@ -155,7 +155,7 @@ def synthetic_motion_for_photo(audio: np.ndarray, phones, rest_opening: float | 
     face drawn with parted lips would, applied to a closed-mouth photo, press the lips together. So the seed
     whose resting mouth opening (its first frame: motion starts at zero) is closest to the photo's is used.
     """
-    from .data.motion_synth import synthesize_motion
+    from teller_recipe.corpus.motion_synth import synthesize_motion
 
     best, best_distance = None, np.inf
     for seed in range(tries if rest_opening is not None else 1):
@@ -170,8 +170,8 @@ def real_utterances(
     max_utterances: int | None = None, rest_opening: float | None = None, examples: Path = ROOT / "examples"
 ) -> list[Utterance]:
     """The ARCTIC clips: forced alignment → phones → the corpus' mouth mapping (`synthetic_motion_for_photo`)."""
-    from .data.align import align
-    from .data.motion_synth import SAMPLES_PER_FRAME
+    from teller_recipe.corpus.align import align
+    from teller_recipe.corpus.motion_synth import SAMPLES_PER_FRAME
 
     out = []
     for name, text in list(REAL_RECORDINGS.items())[:max_utterances]:
@@ -388,7 +388,7 @@ def refiner_on_off(pipe, tokenizer, utterances: list[Utterance], seed: int = 0) 
 
     A refiner trained on the generator's sampled output (`expression_only`, the starter recipe) is judged on
     that output, what it sees in use; otherwise on ground-truth tokens (encode → decode)."""
-    from .data import face_model
+    from teller_recipe.corpus import face_model
 
     on_generated = pipe.temporal_refiner.config.expression_only
     errors: dict[str, list[torch.Tensor]] = {"coarse": [], "refined": []}
@@ -480,7 +480,7 @@ def markdown(results: dict) -> str:
         "# Teller evaluation", "",
         f"Checkpoint `{results['checkpoint']}`, portrait `{results['portrait']}`, corpus `{results['corpus']}`, "
         f"seed {results['seed']}; {results['seconds']:.0f} s on {os.cpu_count()} cores. "
-        "Definitions: `python -m teller_pipeline.evaluate --help` (module docstring).", "",
+        "Definitions: `python -m teller_recipe.evaluation.evaluate --help` (module docstring).", "",
         "## Targets", "", "| target | measured | result |", "|---|---|---|",
     ]
     for row in results["targets"]:
@@ -647,7 +647,7 @@ def _log(message: str) -> None:
 
 def aligner_accuracy(examples: Path = ROOT / "examples") -> dict:
     """PocketSphinx's phone boundaries on ARCTIC a0009 against its reference labels."""
-    from .data.align import align, boundary_errors, read_lab
+    from teller_recipe.corpus.align import align, boundary_errors, read_lab
 
     audio = load_audio(examples / "arctic_a0009.wav")
     reference = read_lab(examples / "arctic_a0009_phone.lab")
@@ -666,7 +666,7 @@ def evaluate(
     max_size: int | None = None,
 ) -> dict:
     """Run every measurement, write metrics.md, metrics.json and the plots into `output`; return the results."""
-    from .pipeline_teller import TellerPipeline
+    from teller_pipeline.pipeline_teller import TellerPipeline
 
     started = time.perf_counter()
     output = Path(output)

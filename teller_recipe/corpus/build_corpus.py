@@ -1,7 +1,7 @@
 """Build the synthetic training corpus: speech with known phone timing → motion, as a `datasets.DatasetDict`.
 
-    python -m teller_pipeline.data.build_corpus --output data/corpus --hours 3.0 --workers 2
-    python -m teller_pipeline.data.build_corpus --output data/corpus-tiny --tiny
+    python -m teller_recipe.corpus.build_corpus --output data/corpus --hours 3.0 --workers 2
+    python -m teller_recipe.corpus.build_corpus --output data/corpus-tiny --tiny
 
 Writes `<output>/` (`datasets.load_from_disk`), `<output>/summary.json` and a dataset card
 `<output>/README.md`. The Piper voice's alignment-enabled copy is made once in `--cache-dir`.
@@ -218,7 +218,7 @@ def _card(summary: dict) -> str:
         "",
         "Speech from several synthesizers with known phone timing, and the face motion those phones imply",
         "(visemes with coarticulation, prosody-driven head and brow motion), made by",
-        "`python -m teller_pipeline.data.build_corpus`. Load with `datasets.load_from_disk`.",
+        "`python -m teller_recipe.corpus.build_corpus`. Load with `datasets.load_from_disk`.",
         "",
         f"- audio: {summary['hours']:.2f} h ({summary['speech_hours']:.2f} h of it speech, the rest pauses)",
         f"- sentences: {summary['distinct_sentences']} distinct; {summary['sentence_source']}",

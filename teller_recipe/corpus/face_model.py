@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import rig
+from teller_pipeline import rig
+
 from .visemes import P
 
 K = {name: k for k, name in enumerate(rig.KEYPOINT_NAMES)}

@@ -1,6 +1,6 @@
 """Write the checkpoint's Hub model card (`README.md`) from what the recipe measured.
 
-    python -m teller_pipeline.model_card --checkpoint checkpoints/teller-base --run runs/starter \
+    python -m teller_recipe.model_card.model_card --checkpoint checkpoints/teller-base --run runs/starter \
         --corpus data/corpus --speed README.md
 
 Numbers come from files, never typed in: the corpus summary (`summary.json`), the recipe's step times
@@ -59,14 +59,15 @@ def _read(path: Path | None, missing: str) -> str:
 def _speed(readme: Path | None) -> str:
     """The measured table and machine description of the project README's "## Speed" section."""
     if not readme or not readme.is_file():
-        return "Not measured yet: run `python -m teller_pipeline.benchmark`."
+        return "Not measured yet: run `python -m teller_recipe.benchmark.benchmark`."
     text = readme.read_text()
     if "## Speed" not in text:
-        return "Not measured yet: run `python -m teller_pipeline.benchmark`."
+        return "Not measured yet: run `python -m teller_recipe.benchmark.benchmark`."
     section = text.split("## Speed", 1)[1].split("\n## ", 1)[0]
     paragraphs = [p.strip() for p in section.split("\n\n")]
     keep = [p for p in paragraphs if p.startswith(("Machine:", "|", "Long run", "For comparison"))]
-    return "\n\n".join(keep + ["Command: `python -m teller_pipeline.benchmark --threads 1` (see the project README)."])
+    command = "Command: `python -m teller_recipe.benchmark.benchmark --threads 1` (see the project README)."
+    return "\n\n".join([*keep, command])
 
 
 def _timings(run: Path | None) -> str:
@@ -206,7 +207,7 @@ refiner → this folder → evaluation, on 2 CPU cores. This checkpoint was made
 
 ## Evaluation
 
-`python -m teller_pipeline.evaluate`: held-out voices (whole voices never seen in training) and real human
+`python -m teller_recipe.evaluation.evaluate`: held-out voices (whole voices never seen in training) and real human
 recordings (CMU ARCTIC). Lip sync is measured on the *rendered* video: the face landmarker is run on the output
 frames and the mouth opening compared with the opening implied by the phone timeline (forced alignment with
 pocketsphinx for the real recordings).

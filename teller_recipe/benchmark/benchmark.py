@@ -1,4 +1,4 @@
-"""Speed benchmark: `python -m teller_pipeline.benchmark [options]`.
+"""Speed benchmark: `python -m teller_recipe.benchmark.benchmark [options]`.
 
 Streams real speech through a `TellerSession` in 200 ms chunks, the way a microphone feeds the Live tab, and
 encodes every chunk's frames into the live video stream (`LiveMP4Writer`, as the app does). For each portrait
@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from teller_recipe import ROOT
+
 DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "teller-base"
 DEFAULT_RUNS = ("examples/astronaut.png:256", "examples/astronaut.png:512", "examples/grace_hopper.jpg:native")
 DEFAULT_AUDIO = ("examples/arctic_a0007.wav", "examples/arctic_a0009.wav", "examples/speech_flite_slt.wav")
@@ -126,14 +127,14 @@ def machine_description() -> str:
 
 
 def _render_threads() -> int:
-    from .streaming import RENDER_THREADS
+    from teller_pipeline.streaming import RENDER_THREADS
 
     return RENDER_THREADS
 
 
 def load_speech(paths: list[str | os.PathLike], seconds: float) -> np.ndarray:
     """Real recordings, concatenated and looped to `seconds` of 16 kHz mono speech."""
-    from .audio import SAMPLE_RATE, load_audio
+    from teller_pipeline.audio import SAMPLE_RATE, load_audio
 
     clips = np.concatenate([load_audio(path) for path in paths])
     needed = int(round(seconds * SAMPLE_RATE))
@@ -150,8 +151,8 @@ def stream(pipe, source, speech: np.ndarray, encode: bool = True, seed: int = 0,
     per-chunk latencies in ms).
     `on_chunk(chunk_index)` is called after every chunk (the long run samples memory there).
     """
-    from .audio import SAMPLE_RATE
-    from .video import LiveMP4Writer
+    from teller_pipeline.audio import SAMPLE_RATE
+    from teller_pipeline.video import LiveMP4Writer
 
     chunk = int(round(CHUNK_SECONDS * SAMPLE_RATE))
     height, width = source.image.shape[:2]
@@ -208,7 +209,7 @@ def benchmark_run(pipe, image: str, size: int | None, speech: np.ndarray, repeat
     """Best of `repeats` streaming runs (by wall time) of `image` at longest side `size` (None = its own)."""
     from PIL import Image
 
-    from .audio import SAMPLE_RATE
+    from teller_pipeline.audio import SAMPLE_RATE
 
     with Image.open(image) as opened:
         native = max(opened.size)
@@ -315,7 +316,7 @@ def run(args: argparse.Namespace, pipe=None) -> dict:
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
 
-        from .pipeline_teller import TellerPipeline
+        from teller_pipeline.pipeline_teller import TellerPipeline
 
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
@@ -326,7 +327,7 @@ def run(args: argparse.Namespace, pipe=None) -> dict:
     speech = load_speech(audio, args.seconds)
     report: dict = {
         "machine": machine_description(),
-        "command": " ".join(["python -m teller_pipeline.benchmark", *sys.argv[1:]]),
+        "command": " ".join(["python -m teller_recipe.benchmark.benchmark", *sys.argv[1:]]),
         "runs": [],
         "long_run": None,
         "paper_gpu_seconds_per_video_second": PAPER_GPU_SECONDS_PER_VIDEO_SECOND,
@@ -358,7 +359,7 @@ def run(args: argparse.Namespace, pipe=None) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m teller_pipeline.benchmark",
+    parser = argparse.ArgumentParser(prog="python -m teller_recipe.benchmark.benchmark",
                                      description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="pipeline folder or Hub repo id")

@@ -5,7 +5,7 @@ motion latent relative to a reference frame (the "photo"), and those become the 
 prior is the reference frame's, the mouth opening is `rig.mouth_opening` of the tracked landmarks, and
 silence comes from the audio level (real videos have no phone timing: `phonemes` stays empty).
 
-    python -m teller_pipeline.data.video_to_motion clip1.mp4 clip2.mp4 --output data/videos
+    python -m teller_recipe.corpus.video_to_motion clip1.mp4 clip2.mp4 --output data/videos
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import av
 import numpy as np
 from scipy.ndimage import gaussian_filter1d, median_filter
 
-from .. import rig
-from ..audio import AudioError, load_audio
-from ..motion import motion_to_features
+from teller_pipeline import rig
+from teller_pipeline.audio import AudioError, load_audio
+from teller_pipeline.motion import motion_to_features
+
 from .motion_synth import FPS, SAMPLES_PER_FRAME
 
 SILENCE_BELOW_PEAK_DB = 35.0  # a frame this far below the clip's loud frames counts as silent
@@ -30,12 +31,12 @@ SILENCE_FLOOR_DB = -55.0  # and anything below this level always does
 
 def _default_tools(analyzer, motion_encoder):
     if analyzer is None:
-        from ..face_analysis import FaceAnalyzer
+        from teller_pipeline.face_analysis import FaceAnalyzer
 
         analyzer = FaceAnalyzer(max_faces=1)
     if motion_encoder is None:
-        from ..face_analysis import find_face_landmarker_model, load_canonical_mesh
-        from ..models.motion_encoder import MotionEncoder
+        from teller_pipeline.face_analysis import find_face_landmarker_model, load_canonical_mesh
+        from teller_pipeline.models.motion_encoder import MotionEncoder
 
         motion_encoder = MotionEncoder.from_canonical_mesh(load_canonical_mesh(find_face_landmarker_model()))
     return analyzer, motion_encoder
