@@ -162,7 +162,7 @@ def _opening_at(motion, t: float) -> float:
 def test_mouth_opens_on_vowels_and_closes_on_bilabials_and_pauses(seed):
     motion = synthesize_motion(_fake_audio(PHONES, 2.4), PHONES, np.random.default_rng(seed))
     vowel = _opening_at(motion, 0.62)
-    assert vowel > 0.08  # a wide "aa": ~1.2 cm of inner-lip gap over ~8.9 cm between the eyes
+    assert vowel > 0.14  # a wide "aa": ~1.7 cm of inner-lip gap (centre 2 cm) over ~8.9 cm between the eyes
     assert _opening_at(motion, 0.795) < 0.15 * vowel  # "m"
     assert _opening_at(motion, 1.12) < 0.15 * vowel  # "p"
     assert _opening_at(motion, 2.2) < 0.012  # relaxed closed mouth in a pause (lips together)
@@ -177,10 +177,11 @@ def test_motion_is_continuous_and_starts_from_the_photo(seed):
     features = motion.features
     assert features.shape == (60, 69) and features.dtype == np.float32
     assert np.abs(features[0]).max() < 0.05  # frame 0 is (almost) the photo itself
-    # No jumps: a bilabial release opens the lips fast (~15 cm/s), still < ~0.8 cm per 40 ms frame.
-    assert np.abs(np.diff(motion.mouth_opening)).max() < 0.09
+    # No jumps: a bilabial release into a wide vowel opens the lips fast (the aperture's speed reaches ~30 cm/s
+    # in talkers), still < ~1.3 cm of centre gap per 40 ms frame.
+    assert np.abs(np.diff(motion.mouth_opening)).max() < 0.13
     keypoints = features[:, :63].reshape(-1, 21, 3)
-    assert np.linalg.norm(np.diff(keypoints, axis=0), axis=-1).max() < 0.6  # cm per frame
+    assert np.linalg.norm(np.diff(keypoints, axis=0), axis=-1).max() < 1.0  # cm per frame: lower lip ≤ 25 cm/s
     assert np.degrees(np.abs(np.diff(features[:, 63:66], axis=0))).max() < 1.0  # degrees per frame
     assert np.degrees(np.abs(features[:, 63:66])).max() < 6.0  # a few degrees at most
     # Blinks are not part of the training motion: eyelids move only a little (squint, brows).
@@ -316,9 +317,9 @@ def test_video_to_motion_recovers_rendered_motion(tmp_path):
         pytest.skip(f"{CHECKPOINT} is not built yet")
     import torch
 
-    from teller_recipe.corpus.video_to_motion import video_to_motion
     from teller_pipeline.motion import features_to_motion
     from teller_pipeline.video import write_mp4
+    from teller_recipe.corpus.video_to_motion import video_to_motion
 
     pipe = TellerPipeline.from_pretrained(CHECKPOINT)
     source = pipe.prepare_source(GRACE_HOPPER)
