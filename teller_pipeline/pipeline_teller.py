@@ -40,7 +40,7 @@ class PreparedSource:
     """Everything derived once from the source photo (per session)."""
 
     image: np.ndarray  # (H, W, 3) uint8, after downscaling to the size limit
-    face: SourceFace
+    face: SourceFace  # the rest pose motion is decoded onto: the photo's face with its lips closed
     identity_prior: np.ndarray  # (21, 3)
     eyelid_gaps: np.ndarray  # (2, 3) lower minus upper eyelid keypoint, canonical frame
     render_state: object
@@ -206,7 +206,7 @@ class TellerPipeline(DiffusionPipeline):
         array = _downscale(array, max_size or self.config.max_image_size)
         faces = self.face_analyzer.detect(array)
         face = select_largest_face(faces, name)
-        source = self.motion_encoder.encode_source(face.points, face.image_size)
+        source = self.motion_encoder.close_lips(self.motion_encoder.encode_source(face.points, face.image_size))
         canonical_kp = source.canonical_keypoints
         gaps = np.stack([canonical_kp[lo] - canonical_kp[up] for up, lo in _EYELID_KEYPOINTS])
         return PreparedSource(

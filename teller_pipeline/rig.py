@@ -149,12 +149,36 @@ def keypoint_interpolation_weights(
     for k, idx in enumerate(KEYPOINT_INDICES):
         weights[idx] = 0.0
         weights[idx, k] = 1.0
+    _round_inner_lips(weights, vertices)
     full = np.zeros((num_landmarks, NUM_KEYPOINTS))
     full[: len(vertices)] = weights
     # The iris stays centred between the lids: half of each lid's motion (keeps the iris inside the eye).
     for iris, (up, lo) in ((IRIS_RIGHT, (159, 145)), (IRIS_LEFT, (386, 374))):
         full[iris] = 0.5 * (full[up] + full[lo])
     return full.astype(np.float32)
+
+
+LIP_PROFILE_EXPONENT = 0.6  # 0.5 = an elliptical opening, 1 = a parabola
+
+
+def _round_inner_lips(weights: np.ndarray, vertices: np.ndarray) -> None:
+    """Inner-lip contour points follow their lip's centre keypoint with a rounded profile across the mouth.
+
+    Gaussian weights leave the points beside the centre keypoint far behind it, so a dropping jaw pulled the
+    lower lip into a V (and the upper into a Λ); an open mouth is rounded. A contour point at x across the
+    mouth (s = 0 at the centre, ±1 at the inner corners) takes (1 - s²)^LIP_PROFILE_EXPONENT of the centre
+    keypoint's offset and the rest from its inner corner (which keeps its own, Gaussian, weights).
+    """
+    for contour, centre in ((LIPS_INNER_UPPER, "upper_lip_inner"), (LIPS_INNER_LOWER, "lower_lip_inner")):
+        k = KEYPOINT_NAMES.index(centre)
+        middle = vertices[KEYPOINTS[centre], 0]
+        half = len(contour) // 2
+        for corner, side in ((contour[0], contour[1:half]), (contour[-1], contour[half + 1 : -1])):
+            for vertex in side:
+                s = np.clip((vertices[vertex, 0] - middle) / (vertices[corner, 0] - middle), 0.0, 1.0)
+                share = (1.0 - s**2) ** LIP_PROFILE_EXPONENT
+                weights[vertex] = (1.0 - share) * weights[corner]
+                weights[vertex, k] += share
 
 
 def rotation_to_axis_angle(rotation: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ source landmarks exactly.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,15 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
 from .. import rig
+
+# How a parted mouth closes, per cm of the inner-lip gap at its centre (canonical frame, + = down): the lower lip
+# travels most of the way as the jaw rises, the upper lip a little; outer and side lips and the chin follow as in
+# the corpus' face model (`teller_recipe.corpus.face_model.face_state`).
+LIP_CLOSING = {
+    "upper_lip_inner": 0.35, "upper_lip_outer": 0.28, "upper_lip_right": 0.3, "upper_lip_left": 0.3,
+    "lower_lip_inner": -0.65, "lower_lip_outer": -0.62, "lower_lip_right": -0.55, "lower_lip_left": -0.55,
+    "mouth_corner_right": -0.2, "mouth_corner_left": -0.2, "chin": -0.45, "jaw_right": -0.15, "jaw_left": -0.15,
+}
 
 
 @dataclass
@@ -142,8 +152,34 @@ class MotionEncoder(ModelMixin, ConfigMixin):
     def identity_prior(self, source: SourceFace) -> np.ndarray:
         """RealTalk-style identity prior: the source's keypoints in the canonical frame minus the mean face's.
 
-        It tells the generator the person's face shape and resting expression (e.g. a smile, a parted mouth),
-        so the mouth shapes it generates fit this face.
+        It tells the generator the person's face shape and resting expression (e.g. a smile), so the mouth
+        shapes it generates fit this face.
         """
         mesh, _, _, _ = self._constants()
         return (source.canonical_keypoints - mesh[rig.KEYPOINT_INDICES]).astype(np.float32)
+
+    def close_lips(self, source: SourceFace) -> SourceFace:
+        """The source with its lips together: the rest pose motion is generated from and decoded onto.
+
+        A photo taken mid-word or smiling with teeth then closes its mouth in pauses and on p/b/m as a
+        closed-mouth photo does, and keeps its smile (mouth corners, cheeks). The lips close as a mouth does
+        (`LIP_CLOSING`, spread over the face like any keypoint offset); each inner-lip contour pair then meets
+        exactly. A closed mouth is left as it is.
+        """
+        _, _, _, weights = self._constants()
+        key = {name: k for k, name in enumerate(rig.KEYPOINT_NAMES)}
+        canonical = source.canonical.copy()
+        gap = float(canonical[rig.KEYPOINTS["lower_lip_inner"], 1] - canonical[rig.KEYPOINTS["upper_lip_inner"], 1])
+        if gap <= 0:
+            return source
+        offsets = np.zeros((rig.NUM_KEYPOINTS, 3))
+        for name, share in LIP_CLOSING.items():
+            offsets[key[name], 1] = share * gap  # y points down the face
+        canonical += weights @ offsets
+        upper, lower = rig.LIPS_INNER_UPPER[1:-1], rig.LIPS_INNER_LOWER[1:-1]
+        pair_gap = np.maximum(canonical[lower, 1] - canonical[upper, 1], 0.0)
+        share_up = LIP_CLOSING["upper_lip_inner"] / (LIP_CLOSING["upper_lip_inner"] - LIP_CLOSING["lower_lip_inner"])
+        canonical[upper, 1] += share_up * pair_gap
+        canonical[lower, 1] -= (1 - share_up) * pair_gap
+        landmarks = source.scale * canonical @ source.rotation + source.translation
+        return dataclasses.replace(source, landmarks=landmarks.astype(np.float32), canonical=canonical)

@@ -182,6 +182,7 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
         lower_teeth_opening: float = 0.28,  # lower teeth show once the gap exceeds this many mouth widths
         tongue_height: float = 0.35,  # fraction of the lip gap
         tongue_opening: float = 0.1,
+        lip_margin: float = 0.2,  # true lip edge beyond the landmarker's inner-lip line of an open photo, × its gap
         lip_shadow: float = 0.07,  # shadow the upper lip casts on the teeth, mouth widths
         synthesis_blur: float = 0.6,  # px, softens synthesised edges to the photo's sharpness
         teeth_luma_threshold: float = 0.62,  # a source mouth pixel brighter than this × skin is a tooth
@@ -354,7 +355,7 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
         """One frame (H, W, 3) uint8: the source photo moved to `driven_landmarks` ((478 or 468, 3) px)."""
         driven = np.asarray(driven_landmarks, np.float64)[:NUM_MESH_VERTICES]
         src = state.control_points.copy()
-        points = self._settle_lips(state, driven[:, :2].copy())
+        points = self._settle_lips(state, driven[:, :2].copy(), src)
         points, closures = self._settle_lids(state, points, src)
         dst = np.concatenate([points, self._anchor_targets(state, points)]).astype(np.float32)
         moved = np.abs(dst - src).max(1) > 1e-3
@@ -370,12 +371,14 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
                 self._composite_eye(state, _frame(points, up, lo), source_eye, closure, frame)
         return frame
 
-    @staticmethod
-    def _settle_lips(state: RenderState, points: np.ndarray) -> np.ndarray:
+    def _settle_lips(self, state: RenderState, points: np.ndarray, src_points: np.ndarray) -> np.ndarray:
         """Lips close as a whole: once the centre closes below the photo's gap, the sides follow.
 
         The rig drives the inner lips through their centre landmarks and spreads that only partly to the rest
-        of the lip; without this, a mouth closing from an open photo would keep a slit at the sides.
+        of the lip; without this, a mouth closing from an open photo would keep a slit at the sides. The
+        landmarker's inner-lip line of an open photo runs over the teeth, a little inside the true lip edge,
+        so a closing lip takes its edge from `lip_margin` × the photo's gap further into the lip
+        (`src_points` is updated in place), and no strip of teeth is left between closed lips.
         """
         src = state.source_mouth
         up, lo = rig.LIPS_INNER_UPPER, rig.LIPS_INNER_LOWER
@@ -390,6 +393,9 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
             excess = np.maximum(gap - ratio * gap_src, 0.0)
             excess[[0, -1]] = 0.0
             points[lo] -= excess[:, None] * ey  # the jaw closes: the lower lip rises
+            margin = self.config.lip_margin * gap_src[1:-1] * (1.0 - ratio)
+            src_points[up[1:-1]] -= margin[:, None] * src.ey
+            src_points[lo[1:-1]] += margin[:, None] * src.ey
         return points
 
     def _settle_lids(self, state: RenderState, points: np.ndarray,

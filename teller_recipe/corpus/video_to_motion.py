@@ -98,7 +98,8 @@ def video_to_motion(
     if missing > max_missing_fraction:
         raise ValueError(f"{path}: no face in {missing:.0%} of the frames")
     reference = next((k for k in found if k >= reference_frame), found[0])
-    source = motion_encoder.encode_source(landmarks[reference], size)
+    # Motion relative to the rest pose (the reference frame with its lips closed), as the pipeline generates it.
+    source = motion_encoder.close_lips(motion_encoder.encode_source(landmarks[reference], size))
     latents = np.stack([motion_encoder.encode(source, landmarks[k]) for k in found])
     features = motion_to_features(latents).numpy().astype(np.float64)
     openings = np.array([rig.mouth_opening(landmarks[k]) for k in found])
