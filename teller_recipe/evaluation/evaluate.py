@@ -201,26 +201,35 @@ def render_motion(pipe, source, features: np.ndarray) -> list[np.ndarray]:
     return [pipe.renderer.render(source.render_state, points) for points in landmarks]
 
 
+def lip_gap(points: np.ndarray) -> float:
+    """Inner-lip gap (landmark 13 → 14) along the face's downward axis over the outer eye-corner distance, ≥ 0
+    (0.11 ≈ 1 cm on an adult face): what a viewer reads as how far the mouth is open."""
+    across = points[rig.EYE_CORNERS[1], :2] - points[rig.EYE_CORNERS[0], :2]
+    down = np.array([-across[1], across[0]]) / max(float(np.linalg.norm(across)), 1e-9)
+    return max(0.0, float((points[14, :2] - points[13, :2]) @ down)) / rig.inter_ocular_distance(points)
+
+
 @dataclass
 class Measured:
     mouth: np.ndarray  # (T,) rig.mouth_opening; NaN where the landmarker found no face
     eyes: np.ndarray  # (T,) rig.eye_opening
     rotation_deg: np.ndarray  # (T, 3) head rotation relative to the photo, axis-angle in degrees
+    gap: np.ndarray  # (T,) lip_gap
 
 
 def measure(pipe, source, frames: list[np.ndarray]) -> Measured:
     """Run the face landmarker on every frame."""
     n = len(frames)
-    mouth, eyes, rotation = np.full(n, np.nan), np.full(n, np.nan), np.full((n, 3), np.nan)
+    mouth, eyes, rotation, gap = np.full(n, np.nan), np.full(n, np.nan), np.full((n, 3), np.nan), np.full(n, np.nan)
     for k, frame in enumerate(frames):
         faces = pipe.face_analyzer.detect(frame)
         if not faces:
             continue
         points = faces[0].points
-        mouth[k], eyes[k] = rig.mouth_opening(points), rig.eye_opening(points)
+        mouth[k], eyes[k], gap[k] = rig.mouth_opening(points), rig.eye_opening(points), lip_gap(points)
         motion = pipe.motion_encoder.encode(source.face, points)
         rotation[k] = np.degrees(motion_to_features(motion)[ROTATION].numpy())
-    return Measured(mouth, eyes, rotation)
+    return Measured(mouth, eyes, rotation, gap)
 
 
 # ---------------------------------------------------------------------------------------------- (a) lip sync

@@ -1,0 +1,353 @@
+"""What a viewer sees, per portrait: how far the mouth opens, whether it closes, how the head moves.
+
+    python -m teller_recipe.evaluation.portraits --checkpoint checkpoints/teller-base --corpus data/corpus \
+        --output runs/portraits [--portraits examples/astronaut.png examples/biden.jpg ...] [--held-out 4]
+
+Every portrait speaks two groups of speech with the full pipeline at default settings (streaming session, seed 0):
+
+* **real**: the two CMU ARCTIC recordings (`examples/`) joined with ordinary pauses (0.5 s before, 0.8 s between,
+  0.8 s after), force-aligned to their transcripts with PocketSphinx;
+* **held_out**: `--held-out` utterances of the corpus' test split (voices never trained on), round-robin over its
+  voices, with their known phone timing.
+
+Measured on the *rendered frames* by MediaPipe's face landmarker, as an outside observer would:
+
+* **gap** = inner-lip gap (landmark 13 → 14, along the face's downward axis, never negative) / outer eye-corner
+  distance (33-263). An adult's eye corners are ~9 cm apart, so 0.11 ≈ 1 cm. Reported: p50, p90 and the maximum
+  over all frames of a group (pauses included).
+* **implied** = the same gap implied by the phones: the corpus' articulation (`visemes.articulation`, gain 1, the
+  speech's own stress) on a face whose mouth rests closed (`face_model.face_state`). **amplitude ratio** =
+  p90(gap) / p90(implied): 1 = the video opens the mouth as far as the phones ask.
+* **sync r**: Pearson correlation of gap and implied over all frames of a group.
+* **bilabial ratio** = mean gap at the middle frames of p/b/m over mean gap at the middle frames of open vowels
+  (aa, ae, ah, ao, aw, ay). Lips that meet on p/b/m score ≤ 0.3; a mouth that only follows loudness ~0.7.
+* **closed in silence**: share of silent frames (inside a pause, ≥ 150 ms from speech: `motion_synth.silence_mask`)
+  with gap ≤ `CLOSED_GAP` (lips together), whatever the photo's own mouth does.
+* **head**: rotation (the motion encoder's rigid fit of each frame, relative to the photo) mean angular speed
+  (deg/s) and jitter (mean |second difference| per frame, degrees); the reference is the corpus' own motion of
+  the held-out utterances.
+
+Writes `<output>/metrics.md`, `metrics.json`, and per portrait a contact sheet `sheets/<name>.png` (the widest-open
+frames, a mid-bilabial frame, a blink and a pause at full resolution, with their mouths enlarged below) and a
+plot `plots/<name>_gap.png` of the real group's gap over time against the implied gap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from teller_pipeline import rig
+from teller_pipeline.audio import SAMPLE_RATE, load_audio
+from teller_pipeline.motion import ROTATION
+from teller_pipeline.streaming import FPS
+from teller_recipe import ROOT
+from teller_recipe.evaluation.evaluate import (
+    REAL_RECORDINGS,
+    load_test_split,
+    measure,
+    pearson,
+    render,
+    round_robin,
+)
+
+DEFAULT_PORTRAITS = (
+    "astronaut.png", "grace_hopper.jpg", "obama_smile.jpg", "obama_speaking.jpg", "biden.jpg",
+    "jesper_speaking.jpg", "party_three_quarter.jpg", "party_glasses.jpg",
+)
+PAUSES = (0.5, 0.8, 0.8)  # s of silence before, between and after the real recordings
+CLOSED_GAP = 0.025  # of the eye-corner distance (~2 mm): the lips touch
+OPEN_VOWELS = ("AA", "AE", "AH", "AO", "AW", "AY")
+BILABIALS = ("P", "B", "M")
+# What the issue asks of a talking face at default settings (issue 11), per portrait and group.
+TARGETS = {
+    "gap_p90": (0.12, None), "gap_max": (0.18, None), "amplitude_ratio": (0.85, 1.2),
+    "bilabial_ratio": (None, 0.3), "closed_in_silence": (0.9, None), "sync_r": (0.7, None),
+}
+HEAD_TOLERANCE = 1.5  # head speed and jitter within this factor of the corpus'
+
+
+@dataclass
+class Speech:
+    name: str
+    group: str
+    audio: np.ndarray  # 16 kHz mono float32, a whole number of frames
+    phones: list  # teller_recipe.corpus.phonemes.Phone, covering the audio
+    rotation_deg: np.ndarray | None = None  # (T, 3) the corpus' own head rotation (held-out only)
+
+
+def implied_gap(audio: np.ndarray, phones: list) -> np.ndarray:
+    """The phone-implied inner-lip gap per frame, in the units of `lip_gap`, for a face at rest with lips closed."""
+    from teller_recipe.corpus import face_model, prosody, visemes
+    from teller_recipe.corpus.motion_synth import frame_times
+
+    frames = len(audio) * FPS // SAMPLE_RATE
+    stress = prosody.phone_stress(phones, prosody.energy_db(audio))
+    tracks, times = visemes.articulation(phones, frames / FPS, stress)
+    neutral = face_model.Expression(*np.zeros((3, len(tracks))))
+    state = face_model.face_state(tracks, neutral)
+    k_up, k_lo = rig.KEYPOINT_NAMES.index("upper_lip_inner"), rig.KEYPOINT_NAMES.index("lower_lip_inner")
+    gap = face_model.CANONICAL_INNER_LIP_GAP + state[:, k_lo, 1] - state[:, k_up, 1]
+    gap = np.maximum(gap, 0.0) / face_model.CANONICAL_INTER_OCULAR
+    return np.interp(frame_times(frames), times, gap)
+
+
+def phone_frames(phones: list, names: tuple[str, ...], frames: int) -> np.ndarray:
+    """Frame indices at the middle of each phone in `names` (diphthongs by their own name)."""
+    middles = [int((p.start + p.end) / 2 * FPS) for p in phones if p.phone in names]
+    return np.array([m for m in middles if m < frames], int)
+
+
+def real_speech(examples: Path = ROOT / "examples") -> Speech:
+    """The ARCTIC recordings with ordinary pauses, and their force-aligned phones."""
+    from teller_recipe.corpus.align import align
+    from teller_recipe.corpus.phonemes import SILENCE, Phone, normalize
+
+    parts, phones, t = [np.zeros(int(PAUSES[0] * SAMPLE_RATE), np.float32)], [], PAUSES[0]
+    for k, (name, text) in enumerate(REAL_RECORDINGS.items()):
+        audio = load_audio(examples / f"{name}.wav")
+        phones += [Phone(p.start + t, p.end + t, p.phone) for p in align(audio, text) if p.phone != SILENCE]
+        pause = PAUSES[1] if k < len(REAL_RECORDINGS) - 1 else PAUSES[2]
+        parts += [audio, np.zeros(int(pause * SAMPLE_RATE), np.float32)]
+        t += (len(audio) + int(pause * SAMPLE_RATE)) / SAMPLE_RATE
+    audio = np.concatenate(parts)
+    audio = np.pad(audio, (0, (-len(audio)) % (SAMPLE_RATE // FPS)))
+    return Speech("arctic_a0009+a0007", "real", audio, normalize(phones, len(audio) / SAMPLE_RATE))
+
+
+def held_out_speech(corpus: str | Path, count: int) -> list[Speech]:
+    from teller_recipe.corpus.phonemes import from_columns
+
+    data = load_test_split(corpus)
+    rows = data.select(round_robin(list(data["voice"]), count)).with_format("numpy")
+    return [Speech(str(row["id"]), "held_out", np.asarray(row["audio"], np.float32), from_columns(row["phonemes"]),
+                   np.degrees(np.asarray(row["motion"], np.float64)[:, ROTATION]))
+            for row in rows]
+
+
+def head_statistics(rotations_deg: list[np.ndarray]) -> dict[str, float]:
+    """Mean angular speed (deg/s) and jitter (mean |second difference| per frame, deg) over utterances."""
+    speeds = np.concatenate([np.linalg.norm(np.diff(r, axis=0), axis=1) * FPS for r in rotations_deg])
+    jitter = np.concatenate([np.linalg.norm(np.diff(r, n=2, axis=0), axis=1) for r in rotations_deg])
+    return {"speed_deg_s": float(np.nanmean(speeds)), "jitter_deg": float(np.nanmean(jitter))}
+
+
+def group_metrics(items: list[tuple[Speech, np.ndarray, np.ndarray]]) -> dict:
+    """items: (speech, rendered gap per frame, implied gap per frame)."""
+    from teller_recipe.corpus.motion_synth import frame_times, silence_mask
+
+    gaps, implied, bilabial, vowel, closed, silent = [], [], [], [], 0, 0
+    for speech, gap, target in items:
+        n = min(len(gap), len(target))
+        gap, target = gap[:n], target[:n]
+        gaps.append(gap)
+        implied.append(target)
+        bilabial += [gap[i] for i in phone_frames(speech.phones, BILABIALS, n)]
+        vowel += [gap[i] for i in phone_frames(speech.phones, OPEN_VOWELS, n)]
+        quiet = silence_mask(speech.phones, frame_times(n)) & np.isfinite(gap)
+        closed += int((gap[quiet] <= CLOSED_GAP).sum())
+        silent += int(quiet.sum())
+    gap, target = np.concatenate(gaps), np.concatenate(implied)
+    seen = np.isfinite(gap)
+    p50, p90, top = np.percentile(gap[seen], [50, 90, 100]) if seen.any() else (np.nan,) * 3
+    implied_p90 = float(np.percentile(target, 90))
+    return {
+        "frames": int(len(gap)), "face_found": float(seen.mean()),
+        "gap_p50": float(p50), "gap_p90": float(p90), "gap_max": float(top),
+        "implied_p50": float(np.percentile(target, 50)), "implied_p90": implied_p90,
+        "implied_max": float(target.max()),
+        "amplitude_ratio": float(p90 / implied_p90) if implied_p90 > 0 else float("nan"),
+        "sync_r": pearson(gap, target),
+        "bilabial_ratio": float(np.nanmean(bilabial) / np.nanmean(vowel)) if bilabial and vowel else float("nan"),
+        "bilabial_frames": len(bilabial),
+        "closed_in_silence": closed / silent if silent else float("nan"), "silent_frames": silent,
+    }
+
+
+def passes(name: str, value: float) -> bool | None:
+    low, high = TARGETS[name]
+    if not np.isfinite(value):
+        return None
+    return (low is None or value >= low) and (high is None or value <= high)
+
+
+# ------------------------------------------------------------------------------------------------ pictures
+def contact_sheet(frames: list[np.ndarray], gap: np.ndarray, eyes: np.ndarray, speech: Speech, path: Path,
+                  analyzer) -> None:
+    """The three widest-open frames, a mid-bilabial frame, a blink and a pause, at full resolution, with
+    their mouths enlarged (nearest neighbour: the pixels as rendered) underneath."""
+    import cv2
+
+    from teller_recipe.corpus.motion_synth import frame_times, silence_mask
+
+    n = len(frames)
+    ok = np.isfinite(gap)
+    picks = [(int(i), "widest") for i in np.argsort(np.where(ok, -gap, np.inf))[:3]]
+    bilabial = phone_frames(speech.phones, BILABIALS, n)
+    if len(bilabial):
+        picks.append((int(bilabial[np.argsort(gap[bilabial])[len(bilabial) // 2]]), "p/b/m (median)"))
+    if np.isfinite(eyes).any():
+        picks.append((int(np.nanargmin(eyes)), "blink"))
+    quiet = np.flatnonzero(silence_mask(speech.phones, frame_times(n)))
+    if len(quiet):
+        picks.append((int(quiet[len(quiet) // 2]), "pause"))
+    tiles, mouths = [], []
+    for index, label in picks:
+        frame = np.ascontiguousarray(frames[index])
+        tile = frame.copy()
+        text = f"{label} t={index / FPS:.2f}s gap={gap[index]:.3f}"
+        cv2.putText(tile, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(tile, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 0), 1, cv2.LINE_AA)
+        tiles.append(tile)
+        mouths.append(_mouth_crop(frame, analyzer))
+    h, w = tiles[0].shape[:2]
+    top = np.concatenate(tiles, 1)
+    mouth_row = np.concatenate([cv2.resize(m, (w, round(w * 0.8 / 1.1)), interpolation=cv2.INTER_NEAREST)
+                                for m in mouths], 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate([top, mouth_row], 0), cv2.COLOR_RGB2BGR))
+
+
+def _mouth_crop(frame: np.ndarray, analyzer) -> np.ndarray:
+    """The lower face (nose to chin) of a frame, cut around the landmarker's lips."""
+    faces = analyzer.detect(frame)
+    if not faces:
+        return np.zeros((90, 120, 3), np.uint8)
+    points = faces[0].points
+    iod = rig.inter_ocular_distance(points)
+    cx, cy = points[13, :2]
+    x0, x1 = int(max(cx - 0.55 * iod, 0)), int(min(cx + 0.55 * iod, frame.shape[1]))
+    y0, y1 = int(max(cy - 0.3 * iod, 0)), int(min(cy + 0.5 * iod, frame.shape[0]))
+    return frame[y0:y1, x0:x1]
+
+
+def plot_gap(gap: np.ndarray, implied: np.ndarray, speech: Speech, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from teller_recipe.corpus.motion_synth import frame_times, silence_mask
+
+    t = frame_times(len(gap))
+    fig, ax = plt.subplots(figsize=(12, 3.2))
+    quiet = silence_mask(speech.phones, t)
+    ax.fill_between(t, 0, 1, where=quiet, transform=ax.get_xaxis_transform(), color="0.9", label="pause")
+    ax.plot(t, implied[: len(t)], color="tab:orange", label="implied by the phones")
+    ax.plot(t, gap, color="tab:blue", label="rendered (landmarker)")
+    for frame in phone_frames(speech.phones, BILABIALS, len(t)):
+        ax.axvline(t[frame], color="tab:red", alpha=0.3, lw=1)
+    ax.axhline(CLOSED_GAP, color="0.5", ls=":", lw=1)
+    ax.set(xlabel="s", ylabel="lip gap / eye-corner distance", title=title + " (red lines: p/b/m)")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------ run
+def evaluate_portraits(checkpoint: str | Path, corpus: str | Path | None, output: str | Path,
+                       portraits: list[str | Path], held_out: int = 4, seed: int = 0) -> dict:
+    from teller_pipeline import TellerPipeline
+
+    started = time.perf_counter()
+    output = Path(output)
+    pipe = TellerPipeline.from_pretrained(str(checkpoint))
+    groups = {"real": [real_speech()]}
+    if corpus and held_out and Path(corpus).is_dir():
+        groups["held_out"] = held_out_speech(corpus, held_out)
+    implied = {s.name: implied_gap(s.audio, s.phones) for speeches in groups.values() for s in speeches}
+    results: dict = {"checkpoint": str(checkpoint), "seed": seed, "portraits": {}, "targets": TARGETS,
+                     "closed_gap": CLOSED_GAP}
+    if "held_out" in groups:
+        results["corpus_head"] = head_statistics([s.rotation_deg for s in groups["held_out"]])
+    for portrait in portraits:
+        name = Path(portrait).stem
+        source = pipe.prepare_source(portrait)
+        per_group, rotations = {}, []
+        for group, speeches in groups.items():
+            items = []
+            for speech in speeches:
+                frames = render(pipe, source, speech.audio, seed)
+                measured = measure(pipe, source, frames)
+                gap = measured.gap
+                items.append((speech, gap, implied[speech.name]))
+                rotations.append(measured.rotation_deg)
+                if group == "real":
+                    contact_sheet(frames, gap, measured.eyes, speech, output / "sheets" / f"{name}.png",
+                                  pipe.face_analyzer)
+                    plot_gap(gap, implied[speech.name], speech, output / "plots" / f"{name}_gap.png", name)
+            per_group[group] = group_metrics(items)
+        per_group["head"] = head_statistics(rotations)
+        results["portraits"][name] = per_group
+        real = per_group["real"]
+        print(f"{name}: real gap p50/p90/max {real['gap_p50']:.3f}/{real['gap_p90']:.3f}/{real['gap_max']:.3f} "
+              f"ratio {real['amplitude_ratio']:.2f} bilabial {real['bilabial_ratio']:.2f} "
+              f"closed {real['closed_in_silence']:.2f} r {real['sync_r']:.2f} "
+              f"head {per_group['head']['speed_deg_s']:.1f} deg/s", flush=True)
+    results["seconds"] = time.perf_counter() - started
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    (output / "metrics.md").write_text(markdown(results))
+    return results
+
+
+def markdown(results: dict) -> str:
+    def cell(name: str, value: float) -> str:
+        mark = {True: "", False: " ✗", None: ""}[passes(name, value)] if name in TARGETS else ""
+        return f"{value:.3f}{mark}" if np.isfinite(value) else "–"
+
+    lines = [
+        "| portrait | group | gap p50 | gap p90 | gap max | implied p90 | amplitude ratio | sync r | bilabial ratio "
+        "| closed in silence |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, groups in results["portraits"].items():
+        for group in ("real", "held_out"):
+            if group not in groups:
+                continue
+            m = groups[group]
+            lines.append(f"| {name} | {group} | {cell('gap_p50', m['gap_p50'])} | {cell('gap_p90', m['gap_p90'])} "
+                         f"| {cell('gap_max', m['gap_max'])} | {m['implied_p90']:.3f} "
+                         f"| {cell('amplitude_ratio', m['amplitude_ratio'])} | {cell('sync_r', m['sync_r'])} "
+                         f"| {cell('bilabial_ratio', m['bilabial_ratio'])} "
+                         f"| {cell('closed_in_silence', m['closed_in_silence'])} |")
+    targets = ", ".join(f"{k} {'≥ ' + str(lo) if lo is not None else ''}{' and ' if lo and hi else ''}"
+                        f"{'≤ ' + str(hi) if hi is not None else ''}" for k, (lo, hi) in TARGETS.items())
+    lines += ["", f"✗ = misses the target ({targets}).", ""]
+    reference = results.get("corpus_head")
+    lines += ["| portrait | head speed (deg/s) | head jitter (deg/frame) |", "|---|---|---|"]
+    for name, groups in results["portraits"].items():
+        lines.append(f"| {name} | {groups['head']['speed_deg_s']:.2f} | {groups['head']['jitter_deg']:.3f} |")
+    if reference:
+        lines.append(f"| corpus (held-out utterances' own motion) | {reference['speed_deg_s']:.2f} "
+                     f"| {reference['jitter_deg']:.3f} |")
+    lines += ["", f"Gap = inner-lip gap / outer eye-corner distance on the rendered frames (0.11 ≈ 1 cm); closed = "
+              f"gap ≤ {results['closed_gap']}. {results['seconds']:.0f} s on 2 cores. Definitions: "
+              "`python -m teller_recipe.evaluation.portraits --help`.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "teller-base"))
+    parser.add_argument("--corpus", default="data/corpus", help="a corpus folder (build_corpus); its test split")
+    parser.add_argument("--output", default="runs/portraits")
+    parser.add_argument("--portraits", nargs="+", default=[str(ROOT / "examples" / p) for p in DEFAULT_PORTRAITS])
+    parser.add_argument("--held-out", type=int, default=4, help="held-out utterances per portrait (0 = none)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.num_threads)
+    evaluate_portraits(args.checkpoint, args.corpus, args.output, args.portraits, args.held_out, args.seed)
+
+
+if __name__ == "__main__":
+    main()
