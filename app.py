@@ -33,6 +33,7 @@ import torch
 
 from teller_pipeline import FaceNotFoundError, ImageError, TellerPipeline
 from teller_pipeline.audio import SAMPLE_RATE, AudioError, load_audio
+from teller_pipeline.controls import GenerationControls
 from teller_pipeline.pipeline_teller import PreparedSource
 from teller_pipeline.streaming import FPS
 from teller_pipeline.video import LiveMP4Writer
@@ -40,6 +41,7 @@ from teller_pipeline.video import LiveMP4Writer
 logger = logging.getLogger("teller.app")
 
 ROOT = Path(__file__).resolve().parent
+DEFAULTS = GenerationControls()  # the pipeline's own defaults, for the sliders and the API
 EXAMPLES = ROOT / "examples"
 CHECKPOINT = os.environ.get("TELLER_CHECKPOINT", str(ROOT / "checkpoints" / "teller-base"))
 MODEL_ID = os.environ.get("TELLER_MODEL_ID", "teller/teller-base")  # the model repo on the Hub
@@ -128,10 +130,10 @@ OUTPUTS = Path(tempfile.mkdtemp(prefix="teller-outputs-"))
 def generate(
     portrait: str | None,
     speech: str | None,
-    head_motion: float = 1.0,
-    expression: float = 1.0,
-    blinks_per_minute: float = 15.0,
-    seed: float = 0,
+    head_motion: float = DEFAULTS.head_motion_scale,
+    expression: float = DEFAULTS.expression_scale,
+    blinks_per_minute: float = DEFAULTS.blinks_per_minute,
+    seed: float = DEFAULTS.seed,
     output_size: int = 512,
     progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's way to ask for a progress bar)
 ) -> str:
@@ -384,9 +386,10 @@ def _model_card_url() -> str:
 
 def _controls() -> tuple[gr.Slider, gr.Slider, gr.Slider]:
     return (
-        gr.Slider(0, 2, value=1.0, step=0.05, label="Head motion", info="0 keeps the head still"),
-        gr.Slider(0, 2, value=1.0, step=0.05, label="Expression", info="lips, jaw and brows"),
-        gr.Slider(0, 60, value=15, step=1, label="Blinks per minute"),
+        gr.Slider(0, 2, value=DEFAULTS.head_motion_scale, step=0.05, label="Head motion",
+                  info="0 keeps the head still"),
+        gr.Slider(0, 2, value=DEFAULTS.expression_scale, step=0.05, label="Expression", info="lips, jaw and brows"),
+        gr.Slider(0, 60, value=DEFAULTS.blinks_per_minute, step=1, label="Blinks per minute"),
     )
 
 

@@ -1,4 +1,4 @@
-"""Command line: `python -m teller_pipeline generate --image I --audio A --output O.mp4`."""
+"""Command line: `teller generate --image I --audio A --output O.mp4` (or `python -m teller_pipeline generate ...`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+from .controls import GenerationControls
+
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "teller-base"
+DEFAULTS = GenerationControls()
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -44,22 +47,24 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m teller_pipeline", description=__doc__)
+    parser = argparse.ArgumentParser(prog="teller", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="animate a portrait with a speech file → MP4 (H.264 + AAC)")
     gen.add_argument("--image", required=True, help="portrait photo (jpg, png, webp, ...)")
     gen.add_argument("--audio", required=True, help="speech (wav, mp3, flac, ogg, webm, m4a, ...)")
     gen.add_argument("--output", required=True, help="MP4 to write")
     gen.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="pipeline folder or Hub repo id")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--head-motion", type=float, default=1.0, help="head-motion scale (0 = still head)")
-    gen.add_argument("--expression", type=float, default=1.0, help="expression / lip amplitude scale")
-    gen.add_argument("--blinks-per-minute", type=float, default=15.0)
-    gen.add_argument("--breathing", type=float, default=1.0, help="idle sway amplitude (0 = none)")
-    gen.add_argument("--head-smoothing", type=float, default=0.08,
+    gen.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    gen.add_argument("--head-motion", type=float, default=DEFAULTS.head_motion_scale,
+                     help="head-motion scale (0 = still head)")
+    gen.add_argument("--expression", type=float, default=DEFAULTS.expression_scale,
+                     help="expression / lip amplitude scale")
+    gen.add_argument("--blinks-per-minute", type=float, default=DEFAULTS.blinks_per_minute)
+    gen.add_argument("--breathing", type=float, default=DEFAULTS.breathing, help="idle sway amplitude (0 = none)")
+    gen.add_argument("--head-smoothing", type=float, default=DEFAULTS.head_smoothing,
                      help="time constant in seconds of the head motion's low-pass (0 = as generated)")
-    gen.add_argument("--top-k", type=int, default=15)
-    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=DEFAULTS.top_k)
+    gen.add_argument("--temperature", type=float, default=DEFAULTS.temperature)
     gen.add_argument("--max-size", type=int, default=None, help="longest side of the output (default 1024)")
     gen.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)

@@ -17,6 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import rig
 from .audio import SAMPLE_RATE, load_audio
+from .controls import GenerationControls
 from .face_analysis import (
     FACE_LANDMARKER_FILENAME,
     FaceAnalyzer,
@@ -24,7 +25,7 @@ from .face_analysis import (
     select_largest_face,
 )
 from .models.motion_encoder import SourceFace
-from .streaming import FPS, SLICE_SAMPLES, GenerationControls, TellerSession
+from .streaming import FPS, SLICE_SAMPLES, TellerSession
 from .video import write_mp4
 
 FACE_LANDMARKER_FOLDER = "face_landmarker"
@@ -257,15 +258,15 @@ class TellerPipeline(DiffusionPipeline):
         self,
         image: str | os.PathLike | Image.Image | np.ndarray,
         audio: str | os.PathLike | np.ndarray | tuple[int, np.ndarray],
-        seed: int = 0,
-        head_motion_scale: float = 1.0,
-        expression_scale: float = 1.0,
-        blinks_per_minute: float = 15.0,
-        breathing: float = 1.0,
-        top_k: int = 15,
-        temperature: float = 1.0,
-        silence_threshold_db: float | None = -50.0,
-        head_smoothing: float = 0.08,
+        seed: int = GenerationControls.seed,
+        head_motion_scale: float = GenerationControls.head_motion_scale,
+        expression_scale: float = GenerationControls.expression_scale,
+        blinks_per_minute: float = GenerationControls.blinks_per_minute,
+        breathing: float = GenerationControls.breathing,
+        top_k: int = GenerationControls.top_k,
+        temperature: float = GenerationControls.temperature,
+        silence_threshold_db: float | None = GenerationControls.silence_threshold_db,
+        head_smoothing: float = GenerationControls.head_smoothing,
         max_size: int | None = None,
         output_path: str | os.PathLike | None = None,
         return_dict: bool = True,
@@ -284,7 +285,8 @@ class TellerPipeline(DiffusionPipeline):
             top_k, temperature: sampling of motion tokens (temperature 0 = greedy).
             silence_threshold_db: below this level (dBFS) the head settles toward the photo's pose (the
                 generator itself closes the mouth in pauses); None = always as generated.
-            head_smoothing: time constant (s) of a causal low-pass on head motion; 0 = as generated.
+            head_smoothing: time constant (s) of a causal, critically damped low-pass on head motion; 0 = as
+                generated.
             output_path: write the MP4 there while generating instead of keeping frames in memory.
         """
         samples = load_audio(audio, max_seconds=self.config.max_audio_seconds)

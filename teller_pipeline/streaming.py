@@ -20,12 +20,12 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE, StreamingResampler
+from .controls import GenerationControls
 from .idle import IdleMotion, add_idle_motion
 from .models.audio_encoder import log_mel
 from .motion import ROTATION, TRANSLATION, apply_controls, features_to_motion
@@ -53,40 +53,6 @@ def _render_all(renderer, state, landmarks) -> list[np.ndarray]:
         if _render_pool is None:
             _render_pool = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="teller-render")
     return list(_render_pool.map(lambda points: renderer.render(state, points), landmarks))
-
-
-@dataclass
-class GenerationControls:
-    """What a user can turn: all defaults give natural motion."""
-
-    seed: int = 0
-    head_motion_scale: float = 1.0  # 0 = still head
-    expression_scale: float = 1.0  # lips, jaw, brows, cheeks
-    blinks_per_minute: float = 15.0  # 0 = no blinks
-    breathing: float = 1.0  # idle sway amplitude; 0 = none
-    top_k: int = 15
-    temperature: float = 1.0
-    # Where the input is silent (muted microphone, digital silence, the pauses of a clean recording), the head
-    # settles toward the photo's pose whatever the generator does; None turns this off. The face is left to the
-    # generator, which closes the mouth in pauses as its training data does: easing it to the photo's own
-    # expression instead would open a mouth photographed open (a laugh, a grin) at every pause.
-    silence_threshold_db: float | None = -50.0
-    # Time constant (seconds) of a causal low-pass on head rotation and translation; 0 = as generated. The
-    # generator's head motion shakes from frame to frame far more than recorded heads do; 0.08 s calms that,
-    # keeps most of the sway and lags the head by a few frames, never the lips.
-    head_smoothing: float = 0.08
-
-    def validate(self) -> None:
-        if self.head_motion_scale < 0 or self.expression_scale < 0:
-            raise ValueError("head_motion_scale and expression_scale must be ≥ 0")
-        if self.blinks_per_minute < 0 or self.blinks_per_minute > 120:
-            raise ValueError("blinks_per_minute must be between 0 and 120")
-        if self.top_k < 1:
-            raise ValueError("top_k must be ≥ 1")
-        if self.temperature < 0:
-            raise ValueError("temperature must be ≥ 0 (0 = greedy)")
-        if not 0 <= self.head_smoothing <= 2:
-            raise ValueError("head_smoothing must be between 0 and 2 seconds")
 
 
 def slice_windows(audio: np.ndarray, window_samples: int, lookahead_samples: int) -> np.ndarray:
@@ -149,7 +115,7 @@ class TellerSession:
         self.frames_emitted = 0
         self.finished = False
         self.silence_gate = 0.0  # 0 = speech, 1 = silence (head settled)
-        self.smoothed_head: np.ndarray | None = None  # the low-passed head pose of the last frame
+        self.smoothed_head: tuple[np.ndarray, np.ndarray] | None = None  # the low-pass stages after the last frame
         # Wall time per stage, summed over the session (see `teller_recipe.benchmark.benchmark`).
         self.timings_ms: dict[str, float] = defaultdict(float)
 
@@ -269,18 +235,20 @@ class TellerSession:
         return frames
 
     def _smooth_head(self, features: np.ndarray) -> np.ndarray:
-        """One-pole low-pass of each frame's head rotation (axis-angle; head angles are a few degrees, where
-        averaging axis-angle vectors is as good as averaging rotations) and translation, carried across slices."""
+        """Critically damped low-pass (two one-pole stages) of each frame's head rotation (axis-angle; head angles
+        are a few degrees, where averaging axis-angle vectors is as good as averaging rotations) and translation,
+        its state carried across slices."""
         if self.controls.head_smoothing <= 0:
             return features
-        keep = 1.0 - np.exp(-1.0 / (FPS * self.controls.head_smoothing))  # weight of each new frame
+        keep = 1.0 - np.exp(-2.0 / (FPS * self.controls.head_smoothing))  # weight of each new frame, per stage
         out = features.copy()
         head = np.concatenate([features[:, ROTATION], features[:, TRANSLATION]], 1)
-        state = head[0] if self.smoothed_head is None else self.smoothed_head
+        first, second = (head[0], head[0]) if self.smoothed_head is None else self.smoothed_head
         for i, pose in enumerate(head):
-            state = state + keep * (pose - state)
-            out[i, ROTATION], out[i, TRANSLATION] = state[:3], state[3:]
-        self.smoothed_head = state
+            first = first + keep * (pose - first)
+            second = second + keep * (first - second)
+            out[i, ROTATION], out[i, TRANSLATION] = second[:3], second[3:]
+        self.smoothed_head = (first, second)
         return out
 
     def _settle_head_in_silence(self, features: np.ndarray, window: np.ndarray) -> np.ndarray:
