@@ -178,11 +178,12 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
         grain_strength: float = 0.6,  # synthesised pixels get this much of the photo's measured grain
         upper_teeth_height: float = 0.16,  # visible upper teeth, mouth widths …
         upper_teeth_max_fraction: float = 0.6,  # … but at most this fraction of the lip gap
-        lower_teeth_height: float = 0.05,
-        lower_teeth_opening: float = 0.28,  # lower teeth show once the gap exceeds this many mouth widths
+        lower_teeth_height: float = 0.07,
+        lower_teeth_opening: float = 0.18,  # lower teeth show once the gap exceeds this many mouth widths
         tongue_height: float = 0.35,  # fraction of the lip gap
         tongue_opening: float = 0.1,
-        lip_margin: float = 0.2,  # true lip edge beyond the landmarker's inner-lip line of an open photo, × its gap
+        lip_margin: float = 0.3,  # true lip edge beyond the landmarker's inner-lip line of an open photo, × its gap
+        lip_seal: float = 0.15,  # half-height of the band sealed where such lips meet, × the photo's gap
         lip_shadow: float = 0.07,  # shadow the upper lip casts on the teeth, mouth widths
         synthesis_blur: float = 0.6,  # px, softens synthesised edges to the photo's sharpness
         teeth_luma_threshold: float = 0.62,  # a source mouth pixel brighter than this × skin is a tooth
@@ -355,7 +356,7 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
         """One frame (H, W, 3) uint8: the source photo moved to `driven_landmarks` ((478 or 468, 3) px)."""
         driven = np.asarray(driven_landmarks, np.float64)[:NUM_MESH_VERTICES]
         src = state.control_points.copy()
-        points = self._settle_lips(state, driven[:, :2].copy(), src)
+        points, lips_open = self._settle_lips(state, driven[:, :2].copy(), src)
         points, closures = self._settle_lids(state, points, src)
         dst = np.concatenate([points, self._anchor_targets(state, points)]).astype(np.float32)
         moved = np.abs(dst - src).max(1) > 1e-3
@@ -366,26 +367,30 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
         self._warp(state, src, dst, depth, moved, frame)
         if moved[rig.LIPS_INNER_UPPER + rig.LIPS_INNER_LOWER].any():
             self._composite_mouth(state, points, frame)
+            if lips_open < 1.0:
+                self._seal_lips(state, points, frame, lips_open)
         for (up, lo), source_eye, closure in zip(EYE_CONTOURS, state.source_eyes, closures, strict=True):
             if moved[up + lo].any():
                 self._composite_eye(state, _frame(points, up, lo), source_eye, closure, frame)
         return frame
 
-    def _settle_lips(self, state: RenderState, points: np.ndarray, src_points: np.ndarray) -> np.ndarray:
+    def _settle_lips(self, state: RenderState, points: np.ndarray,
+                     src_points: np.ndarray) -> tuple[np.ndarray, float]:
         """Lips close as a whole: once the centre closes below the photo's gap, the sides follow.
 
         The rig drives the inner lips through their centre landmarks and spreads that only partly to the rest
         of the lip; without this, a mouth closing from an open photo would keep a slit at the sides. The
-        landmarker's inner-lip line of an open photo runs over the teeth, a little inside the true lip edge,
-        so a closing lip takes its edge from `lip_margin` × the photo's gap further into the lip
-        (`src_points` is updated in place), and no strip of teeth is left between closed lips.
+        landmarker's inner-lip line of an open photo often runs over the teeth, inside the true lip edge, so a
+        closing lip takes its edge from `lip_margin` × the photo's gap further into the lip (`src_points` is
+        updated in place), and less of a strip of teeth is left between closed lips. Returns the points and how
+        open the lips are relative to the photo's (0 closed … 1 as open or more).
         """
         src = state.source_mouth
         up, lo = rig.LIPS_INNER_UPPER, rig.LIPS_INNER_LOWER
         gap_src = np.maximum(src.lower[:, 1] - src.upper[:, 1], 0.0)
         centre = len(up) // 2
         if gap_src[centre] < max(0.02 * src.length, 0.5):
-            return points
+            return points, 1.0
         ey = _frame(points, up, lo).ey
         gap = (points[lo] - points[up]) @ ey
         ratio = np.clip(gap[centre] / gap_src[centre], 0.0, 1.0)
@@ -396,7 +401,50 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
             margin = self.config.lip_margin * gap_src[1:-1] * (1.0 - ratio)
             src_points[up[1:-1]] -= margin[:, None] * src.ey
             src_points[lo[1:-1]] += margin[:, None] * src.ey
-        return points
+        return points, float(ratio)
+
+    def _seal_lips(self, state: RenderState, points: np.ndarray, frame: np.ndarray, lips_open: float) -> None:
+        """Where lips photographed apart close, fill a thin band along the line where they meet with the lip
+        colours just above and below it (blended across the band, darker at the line itself), hiding the
+        leftover sliver of teeth or cavity that the warp squeezes between them."""
+        dst = _frame(points, rig.LIPS_INNER_UPPER, rig.LIPS_INNER_LOWER)
+        src = state.source_mouth
+        closing = 1.0 - lips_open
+        half = closing * self.config.lip_seal * np.maximum(src.lower[:, 1] - src.upper[:, 1], 0.0)  # per contour pt
+        if half.max() < 0.5:
+            return
+        reach = int(np.ceil(half.max())) + 2
+        local = 0.5 * (dst.upper + dst.lower)
+        middle = dst.origin + local[:, :1] * dst.ex + local[:, 1:] * dst.ey
+        x0, y0 = np.maximum(np.floor(middle.min(0)).astype(int) - reach, 0)
+        x1 = min(int(np.ceil(middle[:, 0].max())) + reach + 1, frame.shape[1])
+        y1 = min(int(np.ceil(middle[:, 1].max())) + reach + 1, frame.shape[0])
+        if x1 <= x0 or y1 <= y0:
+            return
+        rx = np.arange(x0, x1, dtype=np.float64)[None, :] - dst.origin[0]
+        ry = np.arange(y0, y1, dtype=np.float64)[:, None] - dst.origin[1]
+        x = rx * dst.ex[0] + ry * dst.ex[1]
+        v = rx * dst.ey[0] + ry * dst.ey[1]
+        seam = 0.5 * (np.interp(x, dst.upper[:, 0], dst.upper[:, 1]) + np.interp(x, dst.lower[:, 0], dst.lower[:, 1]))
+        width = np.interp(x, dst.upper[:, 0], half) * np.clip(x / 2.0, 0, 1) * np.clip((dst.length - x) / 2.0, 0, 1)
+        offset = v - seam
+        inside = np.abs(offset) < width
+        if not inside.any():
+            return
+        region = frame[y0:y1, x0:x1].astype(np.float32)
+        # the lip pixels just beyond the band, above and below each pixel
+        def beyond(sign: float) -> np.ndarray:
+            shift = (sign * (width + 1.5) - offset)[..., None] * dst.ey
+            map_x = (np.arange(x0, x1)[None, :] + shift[..., 0]).astype(np.float32)
+            map_y = (np.arange(y0, y1)[:, None] + shift[..., 1]).astype(np.float32)
+            return cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+
+        t = np.clip(0.5 + 0.5 * offset / np.maximum(width, 1e-6), 0, 1)[..., None]
+        fill = beyond(-1.0) * (1 - t) + beyond(1.0) * t
+        fill *= (1.0 - 0.25 * np.exp(-(offset / 0.8) ** 2))[..., None]  # the thin shadow where the lips meet
+        alpha = np.clip(width - np.abs(offset) + 0.5, 0, 1)[..., None]
+        region += alpha * (fill - region)
+        frame[y0:y1, x0:x1] = np.clip(region + 0.5, 0, 255).astype(np.uint8)
 
     def _settle_lids(self, state: RenderState, points: np.ndarray,
                      src_points: np.ndarray) -> tuple[np.ndarray, list[float]]:
@@ -648,7 +696,8 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
         out += tongue_alpha[..., None] * (c["tongue"] * tongue_shade[..., None] - out)
         # teeth: lower ones (only when the jaw is well open, mostly hidden by the lower lip), then upper ones
         tooth, within, to_edge = self._tooth_pattern(np.abs(s), width)
-        rows = [("lower", b, 0.75)] + ([] if state.source_has_teeth else [("upper", a, 1.0)])
+        # lower teeth sit deeper in the mouth, in the upper teeth's shadow: a little darker
+        rows = [("lower", b, 0.88)] + ([] if state.source_has_teeth else [("upper", a, 1.0)])
         for name, dist, brightness in rows:
             if name == "upper":
                 height = np.minimum(cfg.upper_teeth_height * width, cfg.upper_teeth_max_fraction * gap)
@@ -662,9 +711,9 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
                 continue
             teeth_alpha = np.clip(length - dist + 0.5, 0, 1)
             shade = brightness * (1.0 - 0.05 * tooth) * (1 - 0.4 * corner)
-            if name == "upper":  # faint separations between the front teeth; the upper lip shades their top
-                shade = shade * (1 - 0.15 * np.exp(-((to_edge / 0.45) ** 2)) * (tooth < 4))
-                shade = shade * (0.75 + 0.25 * _smoothstep(dist / max(cfg.lip_shadow * width, 1e-3)))
+            # faint separations between the front teeth; the lip shades the teeth next to it
+            shade = shade * (1 - 0.15 * np.exp(-((to_edge / 0.45) ** 2)) * (tooth < 4))
+            shade = shade * (0.75 + 0.25 * _smoothstep(dist / max(cfg.lip_shadow * width, 1e-3)))
             # shadows on teeth are warm (light bounced off lips and gums): darken blue more than red
             tinted = c["teeth"] * shade[..., None] ** np.array([1.0, 1.2, 1.45], np.float32)
             out += teeth_alpha[..., None] * (tinted - out)
