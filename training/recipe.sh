@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The starter recipe, end to end on a CPU: corpus → whisper features → tokenizer → generator → refiner →
-# checkpoints/teller-base → evaluation. One command:
+# checkpoints/teller-base → evaluation (lip sync; mouth size per portrait) → model card. One command:
 #
 #     bash training/recipe.sh
 #
@@ -72,6 +72,10 @@ step evaluate "$RUN/eval/metrics.md" \
 step evaluate_grace_hopper "$RUN/eval_grace/metrics.md" \
     python -m teller_recipe.evaluation.evaluate --checkpoint "$CHECKPOINT" --corpus "$DATA/corpus" --output "$RUN/eval_grace" \
     --portrait examples/grace_hopper.jpg --max-utterances 16
+# What a viewer sees on every example portrait: how far the mouth opens, whether it closes, head motion.
+step portraits "$RUN/portraits/metrics.md" \
+    python -m teller_recipe.evaluation.portraits --checkpoint "$CHECKPOINT" --corpus "$DATA/corpus" \
+    --output "$RUN/portraits"
 
 # The model card reads the corpus summary, these step times, the evaluation tables and the README's Speed section.
 python -m teller_recipe.model_card.model_card --checkpoint "$CHECKPOINT" --run "$RUN" --corpus "$DATA/corpus" \

@@ -96,6 +96,31 @@ def _other_portraits(run: Path | None) -> str:
     return "\n\n".join(sections)
 
 
+CARD_SHEETS = ("grace_hopper", "obama_speaking", "astronaut", "party_three_quarter")  # shown on the card
+
+
+def _portraits(run: Path | None, checkpoint: Path) -> str:
+    """The per-portrait table of `teller_recipe.evaluation.portraits` (`RUN/portraits`), with a few of its contact
+    sheets and gap plots copied into the checkpoint's `images/` (sheets as JPEG, to keep the folder small)."""
+    folder = run / "portraits" if run else None
+    if not folder or not (folder / "metrics.md").is_file():
+        return "Not evaluated yet (`python -m teller_recipe.evaluation.portraits`)."
+    from PIL import Image
+
+    images = checkpoint / "images"
+    images.mkdir(exist_ok=True)
+    shown = []
+    for name in CARD_SHEETS:
+        sheet, plot = folder / "sheets" / f"{name}.png", folder / "plots" / f"{name}_gap.png"
+        if sheet.is_file():
+            Image.open(sheet).convert("RGB").save(images / f"{name}_sheet.jpg", quality=85)
+            shown.append(f"![{name}: widest frames, a p/b/m frame, a blink, a pause](images/{name}_sheet.jpg)")
+        if plot.is_file():
+            (images / f"{name}_gap.png").write_bytes(plot.read_bytes())
+            shown.append(f"![{name}: lip gap over time against the phone-implied gap](images/{name}_gap.png)")
+    return folder.joinpath("metrics.md").read_text().strip() + "\n\n" + "\n\n".join(shown)
+
+
 def _hours(corpus: Path | None) -> str:
     file = corpus / "summary.json" if corpus else None
     if not file or not file.is_file():
@@ -215,23 +240,42 @@ pocketsphinx for the real recordings).
 {_read(run / "eval" / "metrics.md" if run else None, "Not evaluated yet.")}
 {_other_portraits(run)}
 
+### What a viewer sees, per portrait
+
+`python -m teller_recipe.evaluation.portraits`: every example portrait speaks two real recordings joined with
+ordinary pauses, and four held-out utterances, at default settings; the face landmarker measures the rendered
+frames. The lip gap is in units of the outer eye-corner distance (0.11 ≈ 1 cm on an adult); the implied gap is
+what the phones ask for. Contact sheets: the three widest-open frames, the median p/b/m frame, a blink and a
+pause, at full resolution, with the mouths enlarged (nearest neighbour) underneath.
+
+{_portraits(run, checkpoint)}
+
 ## Speed
 
 {_speed(speed)}
 
 ## Limitations
 
-- Lip sync is measured on two portraits and a few hundred seconds of speech (tables above); a photo with an
-  open mouth (the astronaut's grin) scores lower than a closed one: its teeth and lips are moved from an open
-  start, and the landmarker reads that mouth less consistently. The generator overfits 3 hours of synthetic
-  speech after about 1000 steps; the refiner carries much of the lip sync (its table above).
-- Generated head motion is livelier and more jittery than the corpus's (rotation speed in the tables above):
-  the refiner leaves head motion as sampled, and the pipeline only low-passes it (`head_smoothing`, 0.08 s by
-  default), which calms the frame-to-frame shake but not the slow wander.
+- Mouth size (table "What a viewer sees" above): at default settings the lips part about as far as the phones
+  ask on photos with a closed or speaking mouth (ratio 0.8–1.0), which the landmarker reads as a gap p90 of
+  0.10–0.13 of the eye-corner distance and a maximum of 0.17–0.21, short of the p90 ≥ 0.12 a talking person
+  shows on most portraits. The landmarker reads the synthesised open mouth ~15 % smaller than the landmarks that
+  drive it (an open "aa" driven at 0.28 is read as 0.22–0.25), whatever the teeth and tongue look like.
+  Photos smiling broadly with teeth (Obama, the party photos) open less (ratio 0.5–0.75).
+- A mouth photographed open is closed by geometry (`MotionEncoder.close_lips`): on Grace Hopper, Biden, Jesper,
+  the astronaut and Obama smiling the lips meet in pauses and on p/b/m; on Obama speaking (wide open in the
+  photo) a dark line stays where the photo's cavity was, and on the scanned party photos the landmarker reads
+  the closed seam as slightly open.
+- Generated head motion measured on rendered frames is dominated by the landmarker's own frame-to-frame noise
+  (the corpus' motion rendered and measured the same way reads as fast); before rendering, the default 0.3 s
+  head smoothing brings the generated head's speed and jitter to the corpus' (3.5 deg/s, 0.05 deg per frame,
+  against 8.5 deg/s and 0.28 with the former 0.08 s), but its slow sway is about half the corpus' and lags the
+  speech by ~0.3 s.
 - Trained only on synthetic voices and synthesized motion: lip shapes follow a viseme model, not real
   faces, and expressiveness (emotion, gaze, large head turns) is limited.
 - The geometric renderer moves the photo's own pixels: large head rotations, profile photos, occlusions
   (hands, microphones), heavy beards and glasses can show distortion; teeth and mouth interior are synthesized.
+  No example portrait yet shows a face looking down or a beard.
 - English speech only was used for training; other languages move the lips less accurately.
 - One face is animated (the largest); the rest of the photo only follows the head.
 

@@ -1,0 +1,139 @@
+"""Every example portrait, judged as a viewer would with the face landmarker on the rendered frames: the lips meet
+and hide the teeth at rest whatever the photo's own mouth does, and an open vowel opens the mouth about as far as
+a person's. Gap = inner-lip gap / outer eye-corner distance (0.11 ≈ 1 cm)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from teller_pipeline import rig
+from teller_recipe.evaluation.evaluate import lip_gap
+from teller_recipe.evaluation.portraits import CLOSED_GAP, DEFAULT_PORTRAITS
+
+from .conftest import EXAMPLES
+
+PORTRAITS = [EXAMPLES / name for name in DEFAULT_PORTRAITS]
+# What the bundled checkpoint reaches on a clip with ordinary pauses (`python -m teller_recipe.evaluation.portraits`:
+# Grace Hopper p90 0.102, max 0.191, ratio 0.80; Obama speaking p90 0.127, max 0.175, ratio 1.00), a floor well
+# above the murmur of the previous checkpoint (p90 0.038, max 0.057).
+GAP_P90, GAP_MAX = 0.095, 0.16
+AMPLITUDE = (0.75, 1.2)  # rendered p90 / phone-implied p90
+SYNC_R = 0.7
+BILABIAL = 0.3  # gap at mid p/b/m over gap at mid open vowels
+CLOSED_IN_SILENCE = 0.85
+# A talking person measured the same way (issue 11): not reached yet, see test_issue_targets.
+TARGET_GAP_P90, TARGET_GAP_MAX, TARGET_AMPLITUDE, TARGET_CLOSED = 0.12, 0.18, (0.85, 1.2), 0.9
+KEY = {name: k for k, name in enumerate(rig.KEYPOINT_NAMES)}
+
+
+def _viseme_motion(pipe, phone: str) -> np.ndarray:
+    """The corpus' mouth shape of one phone as a motion latent (relative to a closed relaxed mouth)."""
+    from teller_recipe.corpus import face_model, visemes
+
+    tracks = np.array([visemes.VISEMES[phone].targets])
+    tracks[:, visemes.P["closure"]] = np.clip(tracks[:, visemes.P["closure"]], 0, 1)
+    neutral = face_model.Expression(*np.zeros((3, 1)))
+    shape = face_model.face_state(tracks, neutral)[0] - face_model.face_state(0 * tracks, neutral)[0]
+    motion = pipe.motion_encoder.neutral_motion()
+    motion[: rig.NUM_KEYPOINTS] += shape
+    return motion
+
+
+def _render(pipe, source, motion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    landmarks = pipe.motion_encoder.decode(source.face, motion[None])[0]
+    frame = pipe.renderer.render(source.render_state, landmarks)
+    return frame, pipe.face_analyzer.largest_face(frame).points
+
+
+def _teeth_share(frame: np.ndarray, points: np.ndarray) -> float:
+    """Share of the pixels along the line where the lips meet (the inner-lip outline widened by ~2 mm) that look
+    like teeth (bright and colourless); the lips' own highlights lie outside that band."""
+    import cv2
+
+    mask = np.zeros(frame.shape[:2], np.uint8)
+    outline = rig.LIPS_INNER_UPPER + rig.LIPS_INNER_LOWER[::-1][1:-1]
+    cv2.fillPoly(mask, [np.round(points[outline, :2]).astype(np.int32)], 1)
+    cv2.polylines(mask, [np.round(points[outline, :2]).astype(np.int32)], True, 1)
+    reach = max(1, round(0.02 * rig.inter_ocular_distance(points)))
+    mask = cv2.dilate(mask, np.ones((2 * reach + 1, 2 * reach + 1), np.uint8))
+    pixels = frame[mask.astype(bool)].astype(np.float64)
+    luma = pixels @ [0.299, 0.587, 0.114]
+    chroma = pixels.max(1) - pixels.min(1)
+    return float(((luma > 150) & (chroma < 45)).mean())
+
+
+NOT_CLOSED_YET = {  # measured on the bundled checkpoint; strict, so a fix shows up as an unexpected pass
+    "obama_speaking": "a dark line stays where the photo's wide-open cavity was: read 0.075 apart",
+    "party_three_quarter": "the seam looks closed on the contact sheet, but on this scanned three-quarter smile "
+                           "the landmarker reads the lips 0.054 apart",
+    "party_glasses": "closed on the contact sheet; the landmarker reads 0.03 apart on this scanned broad smile",
+}
+CLOSING_CASES = [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=NOT_CLOSED_YET[p.stem]))
+                 if p.stem in NOT_CLOSED_YET else p for p in PORTRAITS]
+
+
+@pytest.mark.parametrize("portrait", CLOSING_CASES, ids=lambda p: p.stem)
+def test_rest_pose_and_bilabials_close_the_lips_over_the_teeth(pipe, portrait):
+    source = pipe.prepare_source(portrait)
+    photo_gap = lip_gap(pipe.face_analyzer.largest_face(source.image).points)
+    for motion in (pipe.motion_encoder.neutral_motion(), _viseme_motion(pipe, "M")):
+        frame, seen = _render(pipe, source, motion)
+        assert lip_gap(seen) <= CLOSED_GAP, (portrait.stem, photo_gap, lip_gap(seen))
+        assert _teeth_share(frame, seen) < 0.05, portrait.stem  # a strip of teeth covers far more of the band
+
+
+@pytest.mark.parametrize("portrait", PORTRAITS, ids=lambda p: p.stem)
+def test_open_vowel_opens_about_two_centimetres_with_teeth_and_a_dark_cavity(pipe, portrait):
+    source = pipe.prepare_source(portrait)
+    frame, seen = _render(pipe, source, _viseme_motion(pipe, "AA"))  # implied gap 0.28 (2.5 cm)
+    assert 0.18 <= lip_gap(seen) <= 0.32, (portrait.stem, lip_gap(seen))
+    _, ah = _render(pipe, source, _viseme_motion(pipe, "AH"))  # implied 0.20
+    assert 0.12 <= lip_gap(ah) <= lip_gap(seen), (portrait.stem, lip_gap(ah))
+
+
+@pytest.fixture(scope="module")
+def real_speech():
+    from teller_recipe.evaluation.portraits import implied_gap, real_speech
+
+    speech = real_speech()
+    return speech, implied_gap(speech.audio, speech.phones)
+
+
+_MEASURED: dict = {}
+
+
+def _real_speech_metrics(pipe, real_speech, portrait: str) -> dict:
+    from teller_recipe.evaluation.evaluate import measure, render
+    from teller_recipe.evaluation.portraits import group_metrics
+
+    if portrait not in _MEASURED:
+        speech, implied = real_speech
+        source = pipe.prepare_source(EXAMPLES / portrait)
+        gap = measure(pipe, source, render(pipe, source, speech.audio)).gap
+        _MEASURED[portrait] = group_metrics([(speech, gap, implied)])
+    return _MEASURED[portrait]
+
+
+@pytest.mark.parametrize("portrait", ["grace_hopper.jpg", "obama_speaking.jpg"])
+def test_real_speech_moves_the_mouth_like_a_person(pipe, real_speech, portrait):
+    """Two real recordings with ordinary pauses, default settings: the mouth opens about a centimetre and more on
+    open vowels, about as far as the phones ask, in time with them, and closes on p/b/m and in the pauses."""
+    m = _real_speech_metrics(pipe, real_speech, portrait)
+    assert m["face_found"] == 1.0
+    assert m["gap_p90"] >= GAP_P90 and m["gap_max"] >= GAP_MAX, m
+    assert AMPLITUDE[0] <= m["amplitude_ratio"] <= AMPLITUDE[1], m
+    assert m["sync_r"] >= SYNC_R, m
+    assert m["bilabial_ratio"] <= BILABIAL, m
+    assert m["closed_in_silence"] >= CLOSED_IN_SILENCE, m
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11's human-sized targets are not all reached: the landmarker reads the "
+                   "rendered mouth ~15 % smaller than its landmarks (Grace Hopper p90 0.102, ratio 0.80), and the "
+                   "mouth photographed open is read as closed in 88 % of pause frames")
+@pytest.mark.parametrize("portrait", ["grace_hopper.jpg", "obama_speaking.jpg"])
+def test_issue_targets(pipe, real_speech, portrait):
+    m = _real_speech_metrics(pipe, real_speech, portrait)
+    assert m["gap_p90"] >= TARGET_GAP_P90 and m["gap_max"] >= TARGET_GAP_MAX, m
+    assert TARGET_AMPLITUDE[0] <= m["amplitude_ratio"] <= TARGET_AMPLITUDE[1], m
+    assert m["closed_in_silence"] >= TARGET_CLOSED, m
