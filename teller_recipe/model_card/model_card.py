@@ -258,10 +258,10 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
 
 - Mouth size (table "What a viewer sees" above): at default settings the lips part about as far as the phones
   ask on photos with a closed or speaking mouth (ratio 0.8–1.0), which the landmarker reads as a gap p90 of
-  0.10–0.13 of the eye-corner distance and a maximum of 0.17–0.21, short of the p90 ≥ 0.12 a talking person
+  0.10–0.13 of the eye-corner distance and a maximum of 0.16–0.21, short of the p90 ≥ 0.12 a talking person
   shows on most portraits. The landmarker reads the synthesised open mouth ~15 % smaller than the landmarks that
   drive it (an open "aa" driven at 0.28 is read as 0.22–0.25), whatever the teeth and tongue look like.
-  Photos smiling broadly with teeth (Obama, the party photos) open less (ratio 0.5–0.75).
+  Photos smiling broadly with teeth (Obama, the party photos) open less (ratio 0.5–0.8).
 - A mouth photographed open is closed by geometry (`MotionEncoder.close_lips`): on Grace Hopper, Biden, Jesper,
   the astronaut and Obama smiling the lips meet in pauses and on p/b/m; on Obama speaking (wide open in the
   photo) a dark line stays where the photo's cavity was, and on the scanned party photos the landmarker reads
