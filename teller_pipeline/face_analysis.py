@@ -220,10 +220,15 @@ class FaceAnalyzer:
             landmarker.close()
 
     def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
+        # Not `self.close()` here: garbage collection can run this in the middle of an import, and MediaPipe's
+        # close waits on a worker thread that may need the import lock the collecting thread holds (a deadlock
+        # seen at the end of a pytest run). Closing on a short-lived daemon thread never blocks the collector.
+        landmarker, self._landmarker = getattr(self, "_landmarker", None), None
+        if landmarker is not None:
+            try:
+                threading.Thread(target=landmarker.close, name="teller-landmarker-close", daemon=True).start()
+            except RuntimeError:  # interpreter shutting down: the atexit hook below closes what is left
+                pass
 
 
 # MediaPipe's own __del__ fails with a traceback when it first runs during interpreter shutdown; closing every
