@@ -27,6 +27,7 @@ from diffusers.configuration_utils import register_to_config
 
 from .. import rig
 
+INTERPOLATION_SIGMA = 1.5  # cm: see `MotionEncoder.from_canonical_mesh`
 # How a parted mouth closes, per cm of the inner-lip gap at its centre (canonical frame, + = down): the lower lip
 # travels most of the way as the jaw rises, the upper lip a little; outer and side lips and the chin follow as in
 # the corpus' face model (`teller_recipe.corpus.face_model.face_state`).
@@ -62,7 +63,7 @@ class MotionEncoder(ModelMixin, ConfigMixin):
         num_landmarks: int = 478,
         num_mesh_vertices: int = 468,
         num_procrustes_landmarks: int = 33,
-        interpolation_sigma: float = 2.0,
+        interpolation_sigma: float = INTERPOLATION_SIGMA,
     ):
         super().__init__()
         # Filled by `from_canonical_mesh` (checkpoint building) and then saved as safetensors buffers.
@@ -73,12 +74,13 @@ class MotionEncoder(ModelMixin, ConfigMixin):
         self.register_buffer("keypoint_indices", torch.tensor(rig.KEYPOINT_INDICES, dtype=torch.long))
 
     @classmethod
-    def from_canonical_mesh(cls, mesh, interpolation_sigma: float = 2.0) -> MotionEncoder:
+    def from_canonical_mesh(cls, mesh, interpolation_sigma: float = INTERPOLATION_SIGMA) -> MotionEncoder:
         """Build from MediaPipe's canonical face mesh (see `face_analysis.load_canonical_mesh`).
 
         `interpolation_sigma` (cm on the canonical face) spreads the keypoints' offsets over the other landmarks.
-        2.0 rather than 1.2: on talking frames of the astronaut the round trip's worst frame fell from 1.04 % to
-        0.94 % of the eye distance (nose tip and cheek contour follow the keypoints better)."""
+        1.5: with the human-sized mouth movements of the current corpus, the round trip of talking frames'
+        landmarks (tests/test_pipeline.py) has its worst frame at 0.98 % of the eye distance on the astronaut and
+        0.76 % on Grace Hopper, against 1.05 % and 0.80 % at 2.0 (which suited the smaller movements before)."""
         encoder = cls(
             num_mesh_vertices=len(mesh.vertices),
             num_procrustes_landmarks=len(mesh.procrustes_ids),
@@ -163,8 +165,8 @@ class MotionEncoder(ModelMixin, ConfigMixin):
 
         A photo taken mid-word or smiling with teeth then closes its mouth in pauses and on p/b/m as a
         closed-mouth photo does, and keeps its smile (mouth corners, cheeks). The lips close as a mouth does
-        (`LIP_CLOSING`, spread over the face like any keypoint offset); each inner-lip contour pair then meets
-        exactly. A closed mouth is left as it is.
+        (`LIP_CLOSING`, spread over the face like any keypoint offset): the centres meet exactly, the rest of the
+        lips nearly (the renderer's `_settle_lips` closes what is left). A closed mouth is left as it is.
         """
         _, _, _, weights = self._constants()
         key = {name: k for k, name in enumerate(rig.KEYPOINT_NAMES)}
@@ -176,10 +178,5 @@ class MotionEncoder(ModelMixin, ConfigMixin):
         for name, share in LIP_CLOSING.items():
             offsets[key[name], 1] = share * gap  # y points down the face
         canonical += weights @ offsets
-        upper, lower = rig.LIPS_INNER_UPPER[1:-1], rig.LIPS_INNER_LOWER[1:-1]
-        pair_gap = np.maximum(canonical[lower, 1] - canonical[upper, 1], 0.0)
-        share_up = LIP_CLOSING["upper_lip_inner"] / (LIP_CLOSING["upper_lip_inner"] - LIP_CLOSING["lower_lip_inner"])
-        canonical[upper, 1] += share_up * pair_gap
-        canonical[lower, 1] -= (1 - share_up) * pair_gap
         landmarks = source.scale * canonical @ source.rotation + source.translation
         return dataclasses.replace(source, landmarks=landmarks.astype(np.float32), canonical=canonical)
