@@ -26,8 +26,8 @@ class GenerationControls:
     silence_threshold_db: float | None = -50.0
     # Time constant (seconds) of a causal low-pass on head rotation and translation (two one-pole stages of half
     # of it each, critically damped); 0 = as generated. The generator's head shakes from frame to frame and turns
-    # far faster than the corpus' heads; 0.3 s brings its speed and jitter to the corpus' (before rendering, Grace
-    # Hopper: 3.6 vs 3.5 deg/s, 0.052 vs 0.045 deg per frame; `python -m teller_recipe.evaluation.portraits`),
+    # far faster than the corpus' heads; 0.3 s brings its speed and jitter near the corpus' (before rendering, Grace
+    # Hopper: 3.49 vs 3.52 deg/s, 0.049 vs 0.040 deg per frame; `python -m teller_recipe.evaluation.portraits`),
     # delays the head by ~0.3 s and never touches the lips.
     head_smoothing: float = 0.3
 

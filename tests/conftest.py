@@ -46,3 +46,16 @@ def speech() -> np.ndarray:
     from teller_pipeline.audio import load_audio
 
     return load_audio(REAL_SPEECH)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    """Close every face landmarker and collect garbage here, at a safe point: MediaPipe's own finaliser, run by the
+    garbage collector in the middle of an import (pytest's summary imports plugins), waits on a worker thread that
+    needs the import lock, and the run hangs after its last test."""
+    import gc
+
+    from teller_pipeline import face_analysis
+
+    face_analysis._close_open_analyzers()
+    gc.collect()

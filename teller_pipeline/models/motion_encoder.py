@@ -77,10 +77,11 @@ class MotionEncoder(ModelMixin, ConfigMixin):
     def from_canonical_mesh(cls, mesh, interpolation_sigma: float = INTERPOLATION_SIGMA) -> MotionEncoder:
         """Build from MediaPipe's canonical face mesh (see `face_analysis.load_canonical_mesh`).
 
-        `interpolation_sigma` (cm on the canonical face) spreads the keypoints' offsets over the other landmarks.
-        1.5: with the human-sized mouth movements of the current corpus, the round trip of talking frames'
-        landmarks (tests/test_pipeline.py) has its worst frame at 0.98 % of the eye distance on the astronaut and
-        0.76 % on Grace Hopper, against 1.05 % and 0.80 % at 2.0 (which suited the smaller movements before)."""
+        `interpolation_sigma` (cm on the canonical face) spreads the keypoints' offsets over the other landmarks,
+        the eyelids' over 4/3 of that (`rig.EYELID_SIGMA_SCALE`). 1.5: with human-sized mouth movements the round
+        trip of talking frames' landmarks has its worst frame at 0.96 % of the eye distance on the astronaut and
+        0.78 % on Grace Hopper (1.05 % and 0.82 % at a single 2.0, tests/test_pipeline.py); a closing lid at 1.5
+        carried too little skin to read as a blink behind glasses (tests/test_renderer.py), hence its 2.0."""
         encoder = cls(
             num_mesh_vertices=len(mesh.vertices),
             num_procrustes_landmarks=len(mesh.procrustes_ids),
