@@ -15,7 +15,7 @@ from .conftest import EXAMPLES
 
 PORTRAITS = [EXAMPLES / name for name in DEFAULT_PORTRAITS]
 # What the bundled checkpoint reaches on a clip with ordinary pauses (`python -m teller_recipe.evaluation.portraits`:
-# Grace Hopper p90 0.104, max 0.196, ratio 0.82; Obama speaking p90 0.094, max 0.172, ratio 0.74), a floor well
+# Grace Hopper p90 0.103, max 0.197, ratio 0.81; Obama speaking p90 0.094, max 0.170, ratio 0.74), a floor well
 # above the murmur of the previous checkpoint (Grace Hopper p90 0.038, max 0.057).
 GAP_P90, GAP_MAX = 0.09, 0.16
 AMPLITUDE = (0.7, 1.2)  # rendered p90 / phone-implied p90
@@ -129,7 +129,7 @@ def test_real_speech_moves_the_mouth_like_a_person(pipe, real_speech, portrait):
 
 
 @pytest.mark.xfail(strict=True, reason="issue 11's human-sized targets are not reached yet: the landmarker reads the "
-                   "rendered mouth ~15 % smaller than its landmarks (Grace Hopper p90 0.104, ratio 0.82; Obama "
+                   "rendered mouth ~15 % smaller than its landmarks (Grace Hopper p90 0.103, ratio 0.81; Obama "
                    "speaking p90 0.094, ratio 0.74)")
 @pytest.mark.parametrize("portrait", ["grace_hopper.jpg", "obama_speaking.jpg"])
 def test_issue_targets(pipe, real_speech, portrait):

@@ -256,21 +256,20 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
 
 ## Limitations
 
-- Mouth size (table "What a viewer sees" above): at default settings the lips part about as far as the phones
-  ask on photos with a closed or speaking mouth (ratio 0.8–1.0), which the landmarker reads as a gap p90 of
-  0.10–0.13 of the eye-corner distance and a maximum of 0.16–0.21, short of the p90 ≥ 0.12 a talking person
-  shows on most portraits. The landmarker reads the synthesised open mouth ~15 % smaller than the landmarks that
-  drive it (an open "aa" driven at 0.28 is read as 0.22–0.25), whatever the teeth and tongue look like.
-  Photos smiling broadly with teeth (Obama, the party photos) open less (ratio 0.5–0.8).
-- A mouth photographed open is closed by geometry (`MotionEncoder.close_lips`): on Grace Hopper, Biden, Jesper,
-  the astronaut and Obama smiling the lips meet in pauses and on p/b/m; on Obama speaking (wide open in the
-  photo) a dark line stays where the photo's cavity was, and on the scanned party photos the landmarker reads
-  the closed seam as slightly open.
-- Generated head motion measured on rendered frames is dominated by the landmarker's own frame-to-frame noise
-  (the corpus' motion rendered and measured the same way reads as fast); before rendering, the default 0.3 s
-  head smoothing brings the generated head's speed and jitter to the corpus' (3.5 deg/s, 0.05 deg per frame,
-  against 8.5 deg/s and 0.28 with the former 0.08 s), but its slow sway is about half the corpus' and lags the
-  speech by ~0.3 s.
+- Mouth size (table "What a viewer sees" above): at default settings, on real speech with pauses, the
+  landmarker reads the lips of closed-mouth and speaking photos parting to a p90 of 0.094–0.117 of the eye-corner
+  distance and a maximum of 0.17–0.21, 0.74–0.92 of what the phones ask: short of the p90 ≥ 0.12 a talking
+  person shows. The landmarker reads the synthesised open mouth ~15 % smaller than the landmarks that drive it
+  (an open "aa" driven at 0.28 is read as 0.22–0.25), whatever the teeth and tongue look like. Photos smiling
+  broadly with teeth (Obama smiling, the party photos) open less (ratio 0.46–0.8).
+- A mouth photographed open is closed by geometry (`MotionEncoder.close_lips`): in the pauses of real and
+  held-out speech the lips meet in ≥ 90 % of silent frames on seven of eight portraits; the scanned
+  three-quarter party photo is read as open in most of them, and at the neutral rest pose Obama speaking keeps a
+  dark line where the photo's wide-open cavity was (the landmarker reads 0.076).
+- Head motion measured on rendered frames is dominated by the landmarker's own frame-to-frame noise (the
+  corpus' motion rendered and measured the same way reads within 0.91–1.24× of the generated). Before rendering,
+  the default 0.3 s head smoothing keeps the generated head's speed within 0.99–1.13× and its jitter within
+  1.24–1.44× of the corpus' motion; its slow sway is about half the corpus' and lags the speech by ~0.3 s.
 - Trained only on synthetic voices and synthesized motion: lip shapes follow a viseme model, not real
   faces, and expressiveness (emotion, gaze, large head turns) is limited.
 - The geometric renderer moves the photo's own pixels: large head rotations, profile photos, occlusions
