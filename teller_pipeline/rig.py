@@ -133,14 +133,20 @@ def without_lip_and_lid_bridges(triangles: np.ndarray) -> np.ndarray:
     return triangles[np.asarray(keep)]
 
 
+EYELID_KEYPOINTS = [name for name in KEYPOINTS if "eyelid" in name]
+EYELID_SIGMA_SCALE = 4 / 3  # the eyelids' offsets spread this much further (see keypoint_interpolation_weights)
+LIP_PROFILE_EXPONENT = 0.6  # inner-lip contour profile: 0.5 = an elliptical opening, 1 = a parabola
+
+
 def keypoint_interpolation_weights(
     vertices: np.ndarray, triangles: np.ndarray, sigma: float, num_landmarks: int = 478
 ) -> np.ndarray:
     """Fixed weights W (num_landmarks, 21) spreading keypoint offsets to every landmark: offsets = W @ exp.
 
-    Normalised Gaussian weights of the geodesic distance to the 21 keypoints and to the static landmarks
-    (which carry zero offset); a keypoint carries its own offset exactly. Iris points follow their eyelids'
-    mean so the eye does not tear.
+    Normalised Gaussian weights of the geodesic distance to the 21 keypoints (the eyelids' with a wider
+    kernel) and to the static landmarks (which carry zero offset); a keypoint carries its own offset exactly,
+    and the inner-lip contours follow their centre keypoints with a rounded profile (`_round_inner_lips`).
+    Iris points follow their eyelids' mean so the eye does not tear.
     """
     controls = KEYPOINT_INDICES + STATIC_LANDMARKS
     dist = mesh_geodesic_distances(vertices, without_lip_and_lid_bridges(triangles), controls).T  # (V, C)
@@ -160,11 +166,6 @@ def keypoint_interpolation_weights(
     for iris, (up, lo) in ((IRIS_RIGHT, (159, 145)), (IRIS_LEFT, (386, 374))):
         full[iris] = 0.5 * (full[up] + full[lo])
     return full.astype(np.float32)
-
-
-EYELID_KEYPOINTS = [name for name in KEYPOINTS if "eyelid" in name]
-EYELID_SIGMA_SCALE = 4 / 3
-LIP_PROFILE_EXPONENT = 0.6  # 0.5 = an elliptical opening, 1 = a parabola
 
 
 def _round_inner_lips(weights: np.ndarray, vertices: np.ndarray) -> None:

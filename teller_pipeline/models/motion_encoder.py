@@ -79,9 +79,10 @@ class MotionEncoder(ModelMixin, ConfigMixin):
 
         `interpolation_sigma` (cm on the canonical face) spreads the keypoints' offsets over the other landmarks,
         the eyelids' over 4/3 of that (`rig.EYELID_SIGMA_SCALE`). 1.5: with human-sized mouth movements the round
-        trip of talking frames' landmarks has its worst frame at 0.96 % of the eye distance on the astronaut and
-        0.78 % on Grace Hopper (1.05 % and 0.82 % at a single 2.0, tests/test_pipeline.py); a closing lid at 1.5
-        carried too little skin to read as a blink behind glasses (tests/test_renderer.py), hence its 2.0."""
+        trip of talking frames' landmarks (the frames of tests/test_pipeline.py, which asserts < 1 %; worst frame
+        measured by a probe, not printed by a repo command) is 0.96 % of the eye distance on the astronaut and
+        0.78 % on Grace Hopper, against 1.05 % and 0.82 % at a single 2.0; a closing lid at 1.5 carried too little
+        skin to read as a blink behind glasses (tests/test_renderer.py fails), hence the eyelids' 2.0."""
         encoder = cls(
             num_mesh_vertices=len(mesh.vertices),
             num_procrustes_landmarks=len(mesh.procrustes_ids),

@@ -409,42 +409,33 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
         leftover sliver of teeth or cavity that the warp squeezes between them."""
         dst = _frame(points, rig.LIPS_INNER_UPPER, rig.LIPS_INNER_LOWER)
         src = state.source_mouth
-        closing = 1.0 - lips_open
-        half = closing * self.config.lip_seal * np.maximum(src.lower[:, 1] - src.upper[:, 1], 0.0)  # per contour pt
+        half = (1.0 - lips_open) * self.config.lip_seal * np.maximum(src.lower[:, 1] - src.upper[:, 1], 0.0)
         if half.max() < 0.5:
             return
-        reach = int(np.ceil(half.max())) + 2
-        local = 0.5 * (dst.upper + dst.lower)
-        middle = dst.origin + local[:, :1] * dst.ex + local[:, 1:] * dst.ey
-        x0, y0 = np.maximum(np.floor(middle.min(0)).astype(int) - reach, 0)
-        x1 = min(int(np.ceil(middle[:, 0].max())) + reach + 1, frame.shape[1])
-        y1 = min(int(np.ceil(middle[:, 1].max())) + reach + 1, frame.shape[0])
-        if x1 <= x0 or y1 <= y0:
+        found = self._opening_pixels(dst, frame.shape[:2], margin=int(np.ceil(half.max())) + 2)
+        if found is None:
             return
-        rx = np.arange(x0, x1, dtype=np.float64)[None, :] - dst.origin[0]
-        ry = np.arange(y0, y1, dtype=np.float64)[:, None] - dst.origin[1]
-        x = rx * dst.ex[0] + ry * dst.ex[1]
-        v = rx * dst.ey[0] + ry * dst.ey[1]
-        seam = 0.5 * (np.interp(x, dst.upper[:, 0], dst.upper[:, 1]) + np.interp(x, dst.lower[:, 0], dst.lower[:, 1]))
+        x0, y0, u, _, a, b, _ = found
+        h, w = u.shape
+        x = u * dst.length
+        offset = 0.5 * (a - b)  # from the line midway between the driven lips, down the mouth
         width = np.interp(x, dst.upper[:, 0], half) * np.clip(x / 2.0, 0, 1) * np.clip((dst.length - x) / 2.0, 0, 1)
-        offset = v - seam
-        inside = np.abs(offset) < width
-        if not inside.any():
+        if not (np.abs(offset) < width).any():
             return
-        region = frame[y0:y1, x0:x1].astype(np.float32)
-        # the lip pixels just beyond the band, above and below each pixel
-        def beyond(sign: float) -> np.ndarray:
+
+        def beyond(sign: float) -> np.ndarray:  # the lip pixels just beyond the band, above or below each pixel
             shift = (sign * (width + 1.5) - offset)[..., None] * dst.ey
-            map_x = (np.arange(x0, x1)[None, :] + shift[..., 0]).astype(np.float32)
-            map_y = (np.arange(y0, y1)[:, None] + shift[..., 1]).astype(np.float32)
+            map_x = (np.arange(x0, x0 + w)[None, :] + shift[..., 0]).astype(np.float32)
+            map_y = (np.arange(y0, y0 + h)[:, None] + shift[..., 1]).astype(np.float32)
             return cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
 
         t = np.clip(0.5 + 0.5 * offset / np.maximum(width, 1e-6), 0, 1)[..., None]
         fill = beyond(-1.0) * (1 - t) + beyond(1.0) * t
         fill *= (1.0 - 0.25 * np.exp(-(offset / 0.8) ** 2))[..., None]  # the thin shadow where the lips meet
         alpha = np.clip(width - np.abs(offset) + 0.5, 0, 1)[..., None]
+        region = frame[y0 : y0 + h, x0 : x0 + w].astype(np.float32)
         region += alpha * (fill - region)
-        frame[y0:y1, x0:x1] = np.clip(region + 0.5, 0, 255).astype(np.uint8)
+        frame[y0 : y0 + h, x0 : x0 + w] = np.clip(region + 0.5, 0, 255).astype(np.uint8)
 
     def _settle_lids(self, state: RenderState, points: np.ndarray,
                      src_points: np.ndarray) -> tuple[np.ndarray, list[float]]:

@@ -57,11 +57,11 @@ def _v(
 
 # Targets (centre inner-lip gap = jaw + upper + lower): open vowels 1.6-2.5 cm ("aa": the chin drops 1.6 cm,
 # the inner lips part 2.5 cm), close vowels 0.75-1.1 cm; against the 8.9 cm between the outer eye corners a gap
-# of 0.18-0.28 and 0.08-0.13. Coarticulation makes vowels undershoot these: over whole utterances of the
-# corpus' voices the implied gap's p90 is ~0.16 and its median ~0.08 (sized so that a clip with ordinary
-# pauses reaches the p90 ≥ 0.12 and maximum ≥ 0.18 of talking people measured the same way; the previous,
-# 40 % smaller targets made a mouth that murmured). Sibilants hold the jaw less firmly than they used to
-# (dominance 1.2, was 2.0), which had kept neighbouring vowels half-closed.
+# of 0.18-0.28 and 0.08-0.13. Coarticulation makes vowels undershoot these: on clips with ordinary pauses the
+# implied gap's p90 is 0.13 and its maximum 0.20-0.25 (`python -m teller_recipe.evaluation.portraits`:
+# implied_p90 and implied_max in its metrics.json), sized to the p90 ≥ 0.12 and maximum ≥ 0.18 of talking
+# people measured the same way; the previous, 40 % smaller targets made a mouth that murmured. Sibilants hold
+# the jaw less firmly than they used to (dominance 1.2, was 2.0), which had kept neighbouring vowels half-closed.
 _VOWEL = (1.0, 1.0, 1.0)
 VISEMES: dict[str, Viseme] = {
     "AA": _v(1.62, 0.38, 0.50, spread=0.10, dominance=_VOWEL, reach=1.2),

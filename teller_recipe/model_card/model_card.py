@@ -260,7 +260,8 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
   landmarker reads the lips of closed-mouth and speaking photos parting to a p90 of 0.094–0.117 of the eye-corner
   distance and a maximum of 0.17–0.21, 0.74–0.92 of what the phones ask: short of the p90 ≥ 0.12 a talking
   person shows. The landmarker reads the synthesised open mouth ~15 % smaller than the landmarks that drive it
-  (an open "aa" driven at 0.28 is read as 0.22–0.25), whatever the teeth and tongue look like. Photos smiling
+  (an open "aa" driven at 0.28 is read as 0.22–0.25 in a probe of the shape `tests/test_portraits.py` renders),
+  whatever the teeth and tongue look like. Photos smiling
   broadly with teeth (Obama smiling, the party photos) open less (ratio 0.46–0.8).
 - A mouth photographed open is closed by geometry (`MotionEncoder.close_lips`): in the pauses of real and
   held-out speech the lips meet in ≥ 90 % of silent frames on seven of eight portraits; the scanned
