@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     config.update(num_quantizers=tokenizer.config.num_quantizers, codebook_size=tokenizer.config.codebook_size,
                   dropout=args.dropout)
     model = MotionGenerator(**config)
+    model.fit_identity_range(torch.from_numpy(np.stack(train["identity_prior"])))
     train_crops = Crops(train, encode_codes(tokenizer, train["motion"]), model.config.max_context_slices, args.seed)
     val_crops = Crops(validation, encode_codes(tokenizer, validation["motion"]),
                       model.config.max_context_slices, args.seed + 1)
