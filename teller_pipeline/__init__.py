@@ -9,9 +9,11 @@ Where things happen:
     models/renderer.py                   landmarks + photo → pixels
     streaming.py                         the per-slice loop tying them together
     pipeline_teller.py                   TellerPipeline: loading, the source photo, offline calls
+    hub.py                               the published checkpoint's Hub id; a folder or repo id → local folder
 """
 
 from .face_analysis import FaceNotFoundError
+from .hub import HUB_MODEL_ID, CheckpointNotFoundError
 from .models.audio_encoder import TellerAudioEncoder
 from .models.motion_encoder import MotionEncoder
 from .models.motion_generator import MotionGenerator
@@ -22,6 +24,8 @@ from .pipeline_teller import ImageError, TellerPipeline, TellerPipelineOutput
 from .streaming import GenerationControls, TellerSession
 
 __all__ = [
+    "HUB_MODEL_ID",
+    "CheckpointNotFoundError",
     "FaceNotFoundError",
     "GenerationControls",
     "GeometricRenderer",
