@@ -30,8 +30,10 @@ def checkpoint_folder(
     path = Path(name_or_path)
     if path.is_dir():
         return path
-    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub import constants, errors, snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    incomplete = getattr(errors, "IncompleteSnapshotError", ())  # huggingface_hub 2: a partial download
 
     name = str(name_or_path)
     missing = f"{name} is neither a folder here nor in the local Hugging Face cache"
@@ -48,6 +50,8 @@ def checkpoint_folder(
             f"{name} is neither a local folder nor a model repo on the Hugging Face Hub (if it is private or gated, "
             "log in with `hf auth login`)"
         ) from error
+    except incomplete as error:
+        raise CheckpointNotFoundError(f"the cached copy of {name} is incomplete; {get_it}") from error
     except LocalEntryNotFoundError as error:
         if local_files_only or constants.HF_HUB_OFFLINE:
             forbidden = "local_files_only=True" if local_files_only else "HF_HUB_OFFLINE=1"

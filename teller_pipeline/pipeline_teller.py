@@ -25,7 +25,14 @@ from .face_analysis import (
     select_largest_face,
 )
 from .hub import checkpoint_folder
-from .models.motion_encoder import SourceFace
+
+# diffusers loads a component only from a module already imported (model_index.json names each component's module).
+from .models.audio_encoder import TellerAudioEncoder  # noqa: F401
+from .models.motion_encoder import MotionEncoder, SourceFace  # noqa: F401
+from .models.motion_generator import MotionGenerator  # noqa: F401
+from .models.motion_tokenizer import MotionTokenizer  # noqa: F401
+from .models.renderer import GeometricRenderer  # noqa: F401
+from .models.temporal_refiner import TemporalRefiner  # noqa: F401
 from .streaming import FPS, SLICE_SAMPLES, TellerSession
 from .video import write_mp4
 
