@@ -31,7 +31,7 @@ import gradio as gr
 import numpy as np
 import torch
 
-from teller_pipeline import FaceNotFoundError, ImageError, TellerPipeline
+from teller_pipeline import HUB_MODEL_ID, FaceNotFoundError, ImageError, TellerPipeline
 from teller_pipeline.audio import SAMPLE_RATE, AudioError, load_audio
 from teller_pipeline.controls import GenerationControls
 from teller_pipeline.pipeline_teller import PreparedSource
@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent
 DEFAULTS = GenerationControls()  # the pipeline's own defaults, for the sliders and the API
 EXAMPLES = ROOT / "examples"
 CHECKPOINT = os.environ.get("TELLER_CHECKPOINT", str(ROOT / "checkpoints" / "teller-base"))
-MODEL_ID = os.environ.get("TELLER_MODEL_ID", "teller/teller-base")  # the model repo on the Hub
+MODEL_ID = os.environ.get("TELLER_MODEL_ID", HUB_MODEL_ID)  # the model repo on the Hub
 MAX_SPEECH_SECONDS = float(os.environ.get("TELLER_MAX_SPEECH_SECONDS", 60))
 LIVE_SECONDS = float(os.environ.get("TELLER_LIVE_SECONDS", 60))
 # Without a chunk for this long, the visitor is gone (closed tab, lost network) even if no event said so.

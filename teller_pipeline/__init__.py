@@ -9,29 +9,39 @@ Where things happen:
     models/renderer.py                   landmarks + photo → pixels
     streaming.py                         the per-slice loop tying them together
     pipeline_teller.py                   TellerPipeline: loading, the source photo, offline calls
+    hub.py                               the published checkpoint's Hub id; a folder or repo id → local folder
 """
 
-from .face_analysis import FaceNotFoundError
-from .models.audio_encoder import TellerAudioEncoder
-from .models.motion_encoder import MotionEncoder
-from .models.motion_generator import MotionGenerator
-from .models.motion_tokenizer import MotionTokenizer
-from .models.renderer import GeometricRenderer
-from .models.temporal_refiner import TemporalRefiner
-from .pipeline_teller import ImageError, TellerPipeline, TellerPipelineOutput
-from .streaming import GenerationControls, TellerSession
+import importlib
 
-__all__ = [
-    "FaceNotFoundError",
-    "GenerationControls",
-    "GeometricRenderer",
-    "ImageError",
-    "MotionEncoder",
-    "MotionGenerator",
-    "MotionTokenizer",
-    "TellerAudioEncoder",
-    "TellerPipeline",
-    "TellerPipelineOutput",
-    "TellerSession",
-    "TemporalRefiner",
-]
+# Where each public name lives. A name's module is imported when the name is first used (PEP 562), so that
+# `teller --help` and a missing checkpoint answer at once instead of after loading torch, diffusers and MediaPipe.
+_EXPORTS = {
+    "CheckpointNotFoundError": "hub",
+    "FaceNotFoundError": "face_analysis",
+    "GenerationControls": "controls",
+    "GeometricRenderer": "models.renderer",
+    "HUB_MODEL_ID": "hub",
+    "ImageError": "pipeline_teller",
+    "MotionEncoder": "models.motion_encoder",
+    "MotionGenerator": "models.motion_generator",
+    "MotionTokenizer": "models.motion_tokenizer",
+    "TellerAudioEncoder": "models.audio_encoder",
+    "TellerPipeline": "pipeline_teller",
+    "TellerPipelineOutput": "pipeline_teller",
+    "TellerSession": "streaming",
+    "TemporalRefiner": "models.temporal_refiner",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -1,4 +1,9 @@
-"""Command line: `teller generate --image I --audio A --output O.mp4` (or `python -m teller_pipeline generate ...`)."""
+"""Teller's command line: make a portrait photo speak.
+
+    teller generate --image portrait.jpg --audio speech.wav --output talk.mp4 [--checkpoint FOLDER_OR_HUB_ID]
+
+`python -m teller_pipeline` is the same command.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +14,19 @@ import time
 from pathlib import Path
 
 from .controls import GenerationControls
+from .hub import HUB_MODEL_ID, CheckpointNotFoundError, checkpoint_folder
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "teller-base"
 DEFAULTS = GenerationControls()
 
 
 def _generate(args: argparse.Namespace) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if Path(args.checkpoint).is_dir():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs nothing from the network
+    start = time.perf_counter()
+    checkpoint = checkpoint_folder(args.checkpoint)  # before importing torch: a missing checkpoint fails at once
     from .pipeline_teller import TellerPipeline
 
-    start = time.perf_counter()
-    pipe = TellerPipeline.from_pretrained(args.checkpoint)
+    pipe = TellerPipeline.from_pretrained(checkpoint)
     pipe.set_progress_bar_config(disable=args.quiet)
     loaded = time.perf_counter()
     output = pipe(
@@ -47,13 +54,16 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="teller", description=__doc__)
+    parser = argparse.ArgumentParser(prog="teller", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="animate a portrait with a speech file → MP4 (H.264 + AAC)")
     gen.add_argument("--image", required=True, help="portrait photo (jpg, png, webp, ...)")
     gen.add_argument("--audio", required=True, help="speech (wav, mp3, flac, ogg, webm, m4a, ...)")
     gen.add_argument("--output", required=True, help="MP4 to write")
-    gen.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="pipeline folder or Hub repo id")
+    gen.add_argument("--checkpoint", default=HUB_MODEL_ID,
+                     help=f"pipeline folder or Hub repo id (default: {HUB_MODEL_ID}, from the Hugging Face cache "
+                     "or downloaded into it once)")
     gen.add_argument("--seed", type=int, default=DEFAULTS.seed)
     gen.add_argument("--head-motion", type=float, default=DEFAULTS.head_motion_scale,
                      help="head-motion scale (0 = still head)")
@@ -70,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return _generate(args)
+    except CheckpointNotFoundError as error:
+        print(f"error: {error} (--checkpoint <folder>)", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError) as error:  # bad input: a clear message, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2

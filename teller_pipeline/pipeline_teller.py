@@ -24,7 +24,15 @@ from .face_analysis import (
     find_face_landmarker_model,
     select_largest_face,
 )
-from .models.motion_encoder import SourceFace
+from .hub import checkpoint_folder
+
+# diffusers loads a component only from a module already imported (model_index.json names each component's module).
+from .models.audio_encoder import TellerAudioEncoder  # noqa: F401
+from .models.motion_encoder import MotionEncoder, SourceFace  # noqa: F401
+from .models.motion_generator import MotionGenerator  # noqa: F401
+from .models.motion_tokenizer import MotionTokenizer  # noqa: F401
+from .models.renderer import GeometricRenderer  # noqa: F401
+from .models.temporal_refiner import TemporalRefiner  # noqa: F401
 from .streaming import FPS, SLICE_SAMPLES, TellerSession
 from .video import write_mp4
 
@@ -148,14 +156,10 @@ class TellerPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> TellerPipeline:
         """Load from a local folder or a Hub repo id (downloaded with `snapshot_download` first, since
-        diffusers' own Hub path cannot resolve components that live in this package)."""
-        path = Path(pretrained_model_name_or_path)
-        if not path.is_dir():
-            from huggingface_hub import snapshot_download
-
-            hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only")
-                          if k in kwargs}
-            path = Path(snapshot_download(str(pretrained_model_name_or_path), **hub_kwargs))
+        diffusers' own Hub path cannot resolve components that live in this package). A repo that is neither
+        cached nor downloadable raises `CheckpointNotFoundError` saying how to get it."""
+        hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
+        path = checkpoint_folder(pretrained_model_name_or_path, **hub_kwargs)
         kwargs.setdefault("dtype", torch.float32)  # weights may be stored in fp16; CPUs want fp32
         pipe = super().from_pretrained(path, **kwargs)
         landmarker = path / FACE_LANDMARKER_FOLDER / FACE_LANDMARKER_FILENAME

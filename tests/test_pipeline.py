@@ -180,15 +180,16 @@ def test_cli_generate(tmp_path):
 
     out = tmp_path / "cli.mp4"
     result = subprocess.run(
-        [sys.executable, "-m", "teller_pipeline", "generate", "--image", str(GRACE_HOPPER), "--audio",
-         str(REAL_SPEECH), "--output", str(out), "--seed", "3", "--max-size", "256", "--quiet"],
+        [sys.executable, "-m", "teller_pipeline", "generate", "--checkpoint", str(CHECKPOINT), "--image",
+         str(GRACE_HOPPER), "--audio", str(REAL_SPEECH), "--output", str(out), "--seed", "3", "--max-size", "256",
+         "--quiet"],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert probe_media(out)["video_codec"] == "h264"
     bad = subprocess.run(
-        [sys.executable, "-m", "teller_pipeline", "generate", "--image", str(REAL_SPEECH), "--audio",
-         str(REAL_SPEECH), "--output", str(tmp_path / "bad.mp4")],
+        [sys.executable, "-m", "teller_pipeline", "generate", "--checkpoint", str(CHECKPOINT), "--image",
+         str(REAL_SPEECH), "--audio", str(REAL_SPEECH), "--output", str(tmp_path / "bad.mp4")],
         capture_output=True, text=True, timeout=300,
     )
     assert bad.returncode == 2 and "not a readable image" in bad.stderr and "Traceback" not in bad.stderr
