@@ -32,7 +32,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from scipy.ndimage import gaussian_filter
 
-from .. import rig
+from ... import rig
 
 NUM_MESH_VERTICES = 468
 # Eye contours from the outer to the inner corner (upper and lower lid), subject's right then left eye;
