@@ -6,7 +6,7 @@ Where things happen:
     models/motion_tokenizer.py           motion tokens ↔ motion (residual VQ)
     models/temporal_refiner.py           coarse motion → refined 25 fps motion (ETM)
     models/motion_encoder.py, rig.py     motion latent ↔ face landmarks
-    models/renderer.py                   landmarks + photo → pixels
+    models/renderer/                     landmarks + photo → pixels (renderer.py; warp, mouth, eyes by part)
     streaming.py                         the per-slice loop tying them together
     pipeline_teller.py                   TellerPipeline: loading, the source photo, offline calls
     hub.py                               the published checkpoint's Hub id; a folder or repo id → local folder

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from teller_pipeline import streaming
-from teller_pipeline.models.renderer import GeometricRenderer
+from teller_pipeline.models.renderer.warp import rasterise
 from teller_pipeline.video import _video_frame
 from teller_recipe.benchmark import benchmark
 
@@ -107,7 +107,7 @@ def test_fast_rasteriser_is_bit_identical(seed):
     q = (p + rng.normal(scale=3.0, size=p.shape)).astype(np.float32)
     step, off, g0 = 3, 1.0, np.array([-2, -1])
     grid = (p - off) / step - g0
-    fast = GeometricRenderer._rasterise(grid, q, 37, 41, step, off, g0)
+    fast = rasterise(grid, q, 37, 41, step, off, g0)
     reference = _reference_rasterise(grid, q, 37, 41, step, off, g0)
     assert np.array_equal(fast, reference)
     assert np.count_nonzero(fast) > 100  # the case is not trivially empty

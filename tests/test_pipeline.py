@@ -67,6 +67,11 @@ def test_bundled_checkpoint_layout():
 def test_save_load_gives_identical_video(tiny_pipe, speech, tmp_path):
     first = tiny_pipe(GRACE_HOPPER, speech[:16000], seed=5, max_size=256).frames
     tiny_pipe.save_pretrained(tmp_path / "saved")
+    # components are saved under the import paths the bundled checkpoint names (the renderer's is its package)
+    saved = json.loads((tmp_path / "saved" / "model_index.json").read_text())
+    bundled = json.loads((CHECKPOINT / "model_index.json").read_text())
+    assert {k: v for k, v in saved.items() if isinstance(v, list)} == {
+        k: v for k, v in bundled.items() if isinstance(v, list)}
     reloaded = TellerPipeline.from_pretrained(tmp_path / "saved")
     second = reloaded(GRACE_HOPPER, speech[:16000], seed=5, max_size=256).frames
     assert first.shape == second.shape

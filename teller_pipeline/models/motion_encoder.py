@@ -168,7 +168,8 @@ class MotionEncoder(ModelMixin, ConfigMixin):
         A photo taken mid-word or smiling with teeth then closes its mouth in pauses and on p/b/m as a
         closed-mouth photo does, and keeps its smile (mouth corners, cheeks). The lips close as a mouth does
         (`LIP_CLOSING`, spread over the face like any keypoint offset): the centres meet exactly, the rest of the
-        lips nearly (the renderer's `_settle_lips` closes what is left). A closed mouth is left as it is.
+        lips nearly (the renderer's `settle_lips`, in renderer/mouth.py, closes what is left). A closed mouth is
+        left as it is.
         """
         _, _, _, weights = self._constants()
         key = {name: k for k, name in enumerate(rig.KEYPOINT_NAMES)}

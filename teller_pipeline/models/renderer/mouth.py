@@ -1,0 +1,278 @@
+"""Mouth: what the photo's lips show, lips that close as a whole, and a synthesised interior where they part.
+
+Inside the driven inner-lip contour, the source's own mouth interior (e.g. the teeth of a smiling photo) rides
+on the lip it belongs to and is hidden by the other lip when the mouth closes. Where the lips part further than
+in the photo, a synthesised oral cavity, tongue and teeth, coloured from the photo's skin and lips and given
+its grain, fill the gap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from diffusers.configuration_utils import FrozenDict
+from scipy.ndimage import gaussian_filter
+
+from ... import rig
+from .geometry import NUM_MESH_VERTICES, Contours, local_frame, opening_pixels, sample, smoothstep
+
+SKIN_SAMPLE_LANDMARKS = [50, 280, 101, 330, 118, 347, 205, 425, 36, 266, 142, 371]  # cheeks
+LIP_SAMPLE_LANDMARKS = [0, 17, 37, 267, 84, 314, 39, 269, 181, 405]  # lip bodies
+# Tooth boundaries across the upper arch, in half mouth widths from the centre: the arch curves away from
+# the camera, so projected teeth narrow toward the corners.
+TOOTH_EDGES = (0.0, 0.16, 0.3, 0.42, 0.53, 0.63, 0.72, 0.8, 1.01)
+GRAIN_TILE = 64
+
+
+@dataclass
+class SourceMouth:
+    """The photo's mouth: its lips, what its lip gap shows, and the look of a synthesised interior."""
+
+    contours: Contours  # the inner lips in their local frame
+    split: float  # fraction of the lip gap whose content rides on the upper lip
+    has_teeth: bool
+    colors: dict[str, np.ndarray]  # float32 RGB in 0..1: teeth, cavity_front, cavity_back, tongue
+    light_gradient: float  # relative brightness change from the image-left to the image-right of the mouth
+    grain: np.ndarray  # (GRAIN_TILE, GRAIN_TILE) float32, the photo's noise for synthesised pixels
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+
+
+def measure_mouth(image: np.ndarray, points: np.ndarray, cfg: FrozenDict) -> SourceMouth:
+    """Colours and grain for the synthesised mouth, fitted to the photo, and what its mouth shows.
+
+    `image`: the photo (H, W, 3) uint8; `points`: its mesh landmarks (468, 2); `cfg`: the renderer's config.
+    """
+    mouth = local_frame(points, rig.LIPS_INNER_UPPER, rig.LIPS_INNER_LOWER)
+    rgb = image.astype(np.float32) / 255.0
+
+    def sample_at(ids) -> np.ndarray:
+        xy = np.round(points[ids]).astype(int)
+        xy[:, 0] = xy[:, 0].clip(0, image.shape[1] - 1)
+        xy[:, 1] = xy[:, 1].clip(0, image.shape[0] - 1)
+        return rgb[xy[:, 1], xy[:, 0]]
+
+    skin = np.median(sample_at(SKIN_SAMPLE_LANDMARKS), 0)
+    lips = np.median(sample_at(LIP_SAMPLE_LANDMARKS), 0)
+    skin_luma = float(_luma(skin))
+    bright_skin = float(np.percentile(_luma(sample_at(np.arange(NUM_MESH_VERTICES))), 90))
+    # left/right lighting from the cheeks beside the mouth (the subject's right cheek is image-left)
+    right, left = _luma(sample_at([205, 50, 187])).mean(), _luma(sample_at([425, 280, 411])).mean()
+    gradient = float(np.clip((left - right) / max(skin_luma, 1e-3), -0.5, 0.5))
+    # grain: robust spread of the fine detail on the face
+    x0, y0 = np.maximum(np.floor(points.min(0)).astype(int), 0)
+    x1, y1 = np.ceil(points.max(0)).astype(int) + 1
+    face = _luma(rgb[y0:y1, x0:x1])
+    if face.size:
+        detail = face - cv2.GaussianBlur(face, (0, 0), 1.0)
+        noise = cfg.grain_strength * float(np.clip(1.4826 * np.median(np.abs(detail)), 0.0, 0.05))
+    else:
+        noise = 0.0
+
+    # what the source's own lip gap shows: teeth? where do the upper and lower parts separate?
+    found = opening_pixels(mouth, image.shape[:2], margin=0)
+    has_teeth, split, teeth = False, 0.5, None
+    if found is not None and (found[6] > 0.99).sum() > 12:
+        ox, oy, _, _, a, b, alpha = found
+        inside = alpha > 0.99
+        pix = rgb[oy : oy + inside.shape[0], ox : ox + inside.shape[1]][inside]
+        depth = (a / np.maximum(a + b, 1e-6))[inside]
+        luma = _luma(pix)
+        bright = (luma > cfg.teeth_luma_threshold * skin_luma) & (pix.max(1) - pix.min(1) < 0.35)
+        has_teeth = bool(bright.mean() > 0.3)
+        if has_teeth:
+            teeth = pix[bright].mean(0)
+        # the darkest band across the gap separates what rides on the upper and on the lower lip
+        bins = np.clip((depth * 8).astype(int), 0, 7)
+        profile = np.array([luma[bins == k].mean() if (bins == k).any() else np.inf for k in range(8)])
+        k = int(np.argmin(profile[2:])) + 2
+        split = (k + 0.5) / 8 if profile[k] < 0.7 * profile[np.isfinite(profile)].max() else 1.0
+    shade = np.clip(skin_luma / 0.62, 0.45, 1.15)
+    if teeth is None:  # teeth under the face's light: the photo's colour cast, about as bright as skin
+        reference = np.asarray(cfg.reference_skin_rgb)
+        cast = np.clip((skin / max(skin_luma, 1e-3)) / (reference / _luma(reference)), 0.5, 2.0) ** 0.5
+        teeth = np.asarray(cfg.teeth_rgb) * cast
+        teeth *= np.clip(cfg.teeth_brightness * bright_skin, 0.3, 0.92) / _luma(teeth)
+    # cavity and tongue take the lips' hue so they sit in the same light
+    lip_hue = np.clip(lips / max(float(_luma(lips)), 1e-3), 0.5, 2.0) ** 0.5
+    colors = {
+        "teeth": np.clip(teeth, 0, 1),
+        "cavity_front": np.clip(np.asarray(cfg.cavity_front_rgb) * shade * lip_hue, 0, 1),
+        "cavity_back": np.clip(np.asarray(cfg.cavity_back_rgb) * shade * lip_hue, 0, 1),
+        "tongue": np.clip(np.asarray(cfg.tongue_rgb) * shade * lip_hue, 0, 1),
+    }
+    # a fixed, tileable grain: the same pattern every frame, like the photo's own
+    white = np.random.default_rng(0).standard_normal((GRAIN_TILE, GRAIN_TILE))
+    grain = gaussian_filter(white, 0.6, mode="wrap").astype(np.float32)
+    grain *= noise / max(float(grain.std()), 1e-6)
+    return SourceMouth(
+        contours=mouth,
+        split=float(split),
+        has_teeth=has_teeth,
+        colors={k: np.asarray(v, np.float32) for k, v in colors.items()},
+        light_gradient=gradient,
+        grain=grain,
+    )
+
+
+def settle_lips(mouth: SourceMouth, points: np.ndarray, src_points: np.ndarray,
+                lip_margin: float) -> tuple[np.ndarray, float]:
+    """Lips close as a whole: once the centre closes below the photo's gap, the sides follow.
+
+    The rig drives the inner lips through their centre landmarks and spreads that only partly to the rest
+    of the lip; without this, a mouth closing from an open photo would keep a slit at the sides. The
+    landmarker's inner-lip line of an open photo often runs over the teeth, inside the true lip edge, so a
+    closing lip takes its edge from `lip_margin` × the photo's gap further into the lip (`src_points` is
+    updated in place), and less of a strip of teeth is left between closed lips. Returns the points and how
+    open the lips are relative to the photo's (0 closed … 1 as open or more).
+    """
+    src = mouth.contours
+    up, lo = rig.LIPS_INNER_UPPER, rig.LIPS_INNER_LOWER
+    gap_src = np.maximum(src.lower[:, 1] - src.upper[:, 1], 0.0)
+    centre = len(up) // 2
+    if gap_src[centre] < max(0.02 * src.length, 0.5):
+        return points, 1.0
+    ey = local_frame(points, up, lo).ey
+    gap = (points[lo] - points[up]) @ ey
+    ratio = np.clip(gap[centre] / gap_src[centre], 0.0, 1.0)
+    if ratio < 1.0:
+        excess = np.maximum(gap - ratio * gap_src, 0.0)
+        excess[[0, -1]] = 0.0
+        points[lo] -= excess[:, None] * ey  # the jaw closes: the lower lip rises
+        margin = lip_margin * gap_src[1:-1] * (1.0 - ratio)
+        src_points[up[1:-1]] -= margin[:, None] * src.ey
+        src_points[lo[1:-1]] += margin[:, None] * src.ey
+    return points, float(ratio)
+
+
+def seal_lips(frame: np.ndarray, mouth: SourceMouth, points: np.ndarray, lips_open: float,
+              lip_seal: float) -> None:
+    """Where lips photographed apart close, fill a thin band along the line where they meet with the lip
+    colours just above and below it (blended across the band, darker at the line itself), hiding the
+    leftover sliver of teeth or cavity that the warp squeezes between them."""
+    dst = local_frame(points, rig.LIPS_INNER_UPPER, rig.LIPS_INNER_LOWER)
+    src = mouth.contours
+    half = (1.0 - lips_open) * lip_seal * np.maximum(src.lower[:, 1] - src.upper[:, 1], 0.0)
+    if half.max() < 0.5:
+        return
+    found = opening_pixels(dst, frame.shape[:2], margin=int(np.ceil(half.max())) + 2)
+    if found is None:
+        return
+    x0, y0, u, _, a, b, _ = found
+    h, w = u.shape
+    x = u * dst.length
+    offset = 0.5 * (a - b)  # from the line midway between the driven lips, down the mouth
+    width = np.interp(x, dst.upper[:, 0], half) * np.clip(x / 2.0, 0, 1) * np.clip((dst.length - x) / 2.0, 0, 1)
+    if not (np.abs(offset) < width).any():
+        return
+
+    def beyond(sign: float) -> np.ndarray:  # the lip pixels just beyond the band, above or below each pixel
+        shift = (sign * (width + 1.5) - offset)[..., None] * dst.ey
+        map_x = (np.arange(x0, x0 + w)[None, :] + shift[..., 0]).astype(np.float32)
+        map_y = (np.arange(y0, y0 + h)[:, None] + shift[..., 1]).astype(np.float32)
+        return cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+
+    t = np.clip(0.5 + 0.5 * offset / np.maximum(width, 1e-6), 0, 1)[..., None]
+    fill = beyond(-1.0) * (1 - t) + beyond(1.0) * t
+    fill *= (1.0 - 0.25 * np.exp(-(offset / 0.8) ** 2))[..., None]  # the thin shadow where the lips meet
+    alpha = np.clip(width - np.abs(offset) + 0.5, 0, 1)[..., None]
+    region = frame[y0 : y0 + h, x0 : x0 + w].astype(np.float32)
+    region += alpha * (fill - region)
+    frame[y0 : y0 + h, x0 : x0 + w] = np.clip(region + 0.5, 0, 255).astype(np.uint8)
+
+
+def composite_mouth(frame: np.ndarray, image: np.ndarray, mouth: SourceMouth, points: np.ndarray,
+                    cfg: FrozenDict) -> None:
+    """Inside the driven inner lips: the photo's own mouth interior on its lips, the synthesised one between."""
+    dst = local_frame(points, rig.LIPS_INNER_UPPER, rig.LIPS_INNER_LOWER)
+    src = mouth.contours
+    found = opening_pixels(dst, frame.shape[:2])
+    if found is None or found[6].max() <= 0:
+        return
+    x0, y0, u, _, a, b, alpha = found
+    h, w = alpha.shape
+    gap = a + b
+    up_s = np.interp(u * src.length, src.upper[:, 0], src.upper[:, 1])
+    lo_s = np.interp(u * src.length, src.lower[:, 0], src.lower[:, 1])
+    gap_s = np.maximum(lo_s - up_s, 0.0)
+    # the photo's own mouth interior rides on its lips (the upper teeth on the upper lip, …); as the mouth
+    # closes the lower lip covers it, as it opens the synthesised interior shows in between
+    ext_up, ext_lo = mouth.split * gap_s, (1 - mouth.split) * gap_s
+    upper = a < ext_up + 0.5 * np.maximum(gap - gap_s, 0.0)
+    v_s = np.where(upper, up_s + a, lo_s - b)
+    real_alpha = np.where(upper, np.clip(ext_up - a + 0.5, 0, 1), np.clip(ext_lo - b + 0.5, 0, 1))
+    interior = synthesise_mouth(mouth, u, a, b, dst.length, x0, y0, cfg)
+    if real_alpha.max() > 0:
+        real = sample(image, src, u, v_s) / 255.0
+        interior += real_alpha[..., None] * (real - interior)
+    region = frame[y0 : y0 + h, x0 : x0 + w].astype(np.float32) / 255.0
+    out = region + alpha[..., None] * (interior - region)
+    frame[y0 : y0 + h, x0 : x0 + w] = np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def synthesise_mouth(mouth: SourceMouth, u: np.ndarray, a: np.ndarray, b: np.ndarray, width: float,
+                     x0: int, y0: int, cfg: FrozenDict) -> np.ndarray:
+    """Oral cavity, tongue and teeth in the mouth's local coordinates (float RGB in 0..1)."""
+    c = mouth.colors
+    gap = np.maximum(a + b, 1e-6)
+    s = 2.0 * u - 1.0  # -1..1 across the mouth
+    rel_gap = gap / width
+    # cavity: reddish just inside the lips, dark at the back and in the corners
+    corner = smoothstep((np.abs(s) - 0.55) / 0.45)
+    edge = np.minimum(a, b)
+    depth = np.maximum(smoothstep(edge / np.clip(0.3 * gap, 1.0, 0.04 * width + 1.0)), corner)
+    out = c["cavity_front"] + depth[..., None] * (c["cavity_back"] - c["cavity_front"])
+    # tongue: a low mound at the bottom, lit on top, shadowed by the lower lip and toward the corners
+    top = cfg.tongue_height * gap * np.clip(1 - (s / 0.62) ** 2, 0, 1)
+    top *= smoothstep((rel_gap - cfg.tongue_opening) / 0.15)
+    # its rounded top fades into the dark; its front is shaded by the lower lip
+    tongue_alpha = smoothstep((top - b) / np.maximum(0.3 * top, 0.75)) * (top > 0.3)
+    tongue_shade = (0.55 + 0.45 * smoothstep(b / np.maximum(0.7 * top, 1e-3))) * (1 - 0.5 * corner)
+    out += tongue_alpha[..., None] * (c["tongue"] * tongue_shade[..., None] - out)
+    # teeth: lower ones (only when the jaw is well open, mostly hidden by the lower lip), then upper ones
+    tooth, within, to_edge = tooth_pattern(np.abs(s), width)
+    # lower teeth sit deeper in the mouth, in the upper teeth's shadow: a little darker
+    rows = [("lower", b, 0.88)] + ([] if mouth.has_teeth else [("upper", a, 1.0)])
+    for name, dist, brightness in rows:
+        if name == "upper":
+            height = np.minimum(cfg.upper_teeth_height * width, cfg.upper_teeth_max_fraction * gap)
+            arch = np.sqrt(np.clip(1 - (s / 0.97) ** 2, 0, 1))
+        else:
+            shown = smoothstep((rel_gap - cfg.lower_teeth_opening) / 0.1)
+            height = cfg.lower_teeth_height * width * shown
+            arch = np.sqrt(np.clip(1 - (s / 0.65) ** 2, 0, 1))
+        length = height * arch * (1 - 0.1 * within**2)  # each tooth's edge is slightly rounded
+        if length.max() < 0.3:
+            continue
+        teeth_alpha = np.clip(length - dist + 0.5, 0, 1)
+        shade = brightness * (1.0 - 0.05 * tooth) * (1 - 0.4 * corner)
+        # faint separations between the front teeth; the lip shades the teeth next to it
+        shade = shade * (1 - 0.15 * np.exp(-((to_edge / 0.45) ** 2)) * (tooth < 4))
+        shade = shade * (0.75 + 0.25 * smoothstep(dist / max(cfg.lip_shadow * width, 1e-3)))
+        # shadows on teeth are warm (light bounced off lips and gums): darken blue more than red
+        tinted = c["teeth"] * shade[..., None] ** np.array([1.0, 1.2, 1.45], np.float32)
+        out += teeth_alpha[..., None] * (tinted - out)
+    # the lips darken what is right at their edges; light falls across the mouth as across the face
+    out *= (0.78 + 0.22 * smoothstep(np.minimum(a, b) / 1.2))[..., None]
+    out *= (1 + 0.5 * mouth.light_gradient * s)[..., None]
+    if cfg.synthesis_blur > 0:
+        out = cv2.GaussianBlur(out.astype(np.float32), (0, 0), cfg.synthesis_blur)
+    tile = mouth.grain
+    ys = (np.arange(y0, y0 + out.shape[0]) % GRAIN_TILE)[:, None]
+    xs = (np.arange(x0, x0 + out.shape[1]) % GRAIN_TILE)[None, :]
+    out += tile[ys, xs][..., None]
+    return np.clip(out, 0, 1).astype(np.float32)
+
+
+def tooth_pattern(edge: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For |s| across the arch: tooth index from the centre, place within it (-1..1), px to its edge."""
+    edges = np.asarray(TOOTH_EDGES)
+    idx = np.clip(np.searchsorted(edges, edge, side="right") - 1, 0, len(edges) - 2)
+    lo_e, hi_e = edges[idx], edges[idx + 1]
+    within = (edge - lo_e) / (hi_e - lo_e) * 2 - 1
+    to_edge = np.minimum(edge - lo_e, hi_e - edge) * width * 0.5
+    return idx, within, to_edge

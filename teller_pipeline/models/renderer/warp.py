@@ -1,0 +1,228 @@
+"""Dense warp: the whole photo moved with the driven landmarks.
+
+Control points are the 468 mesh landmarks plus rings of anchors extruded from the face oval (hair, ears,
+neck, background). Anchors follow the head's rigid 2D motion and the oval's own non-rigid motion with a
+falloff (slow above the face, where hair and hats ride on the head; faster below, where the neck and
+shoulders stay put); the outermost ring and the image border are fixed. Per frame the destination triangles
+are rasterised (barycentric → source coordinates, nearest triangle drawn last) on a coarse grid, and per
+pixel around the mouth and eyes; the map is upsampled and `cv2.remap` samples the photo. Only the moving
+region is touched, so the source's own landmarks give back the photo exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from diffusers.configuration_utils import FrozenDict
+
+from ... import rig
+from .eyes import EYE_CONTOURS
+from .geometry import NUM_MESH_VERTICES, similarity_2d
+
+
+@dataclass
+class ControlMesh:
+    """The warp's control points and triangles for one source photo."""
+
+    points: np.ndarray  # (468 + A, 2) float32 source positions of the control points
+    triangles: np.ndarray  # (T, 3) int32 over the control points
+    anchor_triangle: np.ndarray  # (T,) bool: outside the face (drawn first, behind it)
+    anchor_origin: np.ndarray  # (A,) the oval landmark each anchor was extruded from
+    anchor_weight: np.ndarray  # (A,) how much each anchor follows the head
+    grid_step: int
+
+
+def control_mesh(points: np.ndarray, face_triangles: np.ndarray, shape: tuple[int, int],
+                 cfg: FrozenDict) -> ControlMesh:
+    """The photo's landmarks and face triangles plus rings of anchors around the face oval, joined by strips.
+
+    `points`: the mesh landmarks (468, 2); `shape`: the photo's (height, width); `cfg`: the renderer's config.
+    """
+    height, width = shape
+    # rings of anchors on rays from the oval's centre through each oval landmark
+    oval = np.asarray(rig.FACE_OVAL)
+    centre = points[oval].mean(0)
+    rays = points[oval] - centre
+    down = np.clip(rays[:, 1] / np.maximum(np.linalg.norm(rays, axis=1), 1e-6), 0.0, 1.0) ** 1.5
+    rings, weights = [], []
+    for radius, w_up, w_down in zip(cfg.anchor_radii, cfg.anchor_weights_up, cfg.anchor_weights_down,
+                                    strict=True):
+        ring = centre + radius * rays
+        to_border = np.min([ring[:, 0], ring[:, 1], width - 1 - ring[:, 0], height - 1 - ring[:, 1]], 0)
+        pinned = np.clip(to_border / (cfg.border_margin * min(width, height)), 0.0, 1.0)
+        rings.append(ring)
+        weights.append(((1 - down) * w_up + down * w_down) * pinned)
+
+    # strips between consecutive rings (ring 0 is the oval itself)
+    n = len(oval)
+    ring_ids = [oval] + [NUM_MESH_VERTICES + k * n + np.arange(n) for k in range(len(rings))]
+    nxt = np.roll(np.arange(n), -1)
+    strips = []
+    for inner, outer in zip(ring_ids[:-1], ring_ids[1:], strict=True):
+        strips += [np.stack([inner, inner[nxt], outer[nxt]], 1), np.stack([inner, outer[nxt], outer], 1)]
+    all_triangles = np.concatenate([face_triangles, *strips]).astype(np.int32)
+
+    iod = rig.inter_ocular_distance(points)
+    return ControlMesh(
+        points=np.concatenate([points, *rings]).astype(np.float32),
+        triangles=all_triangles,
+        anchor_triangle=np.arange(len(all_triangles)) >= len(face_triangles),
+        anchor_origin=np.tile(oval, len(rings)),
+        anchor_weight=np.concatenate(weights).astype(np.float32),
+        grid_step=int(np.clip(round(cfg.grid_spacing * iod), 1, cfg.max_grid_step)),
+    )
+
+
+def delaunay_face(points: np.ndarray) -> np.ndarray:
+    """A triangulation of the face without the canonical mesh: Delaunay inside the face oval.
+
+    It is computed with the lips and lids pulled apart, so that no triangle joins the upper lip (or lid) to
+    the lower one through the lip itself; only triangles across the openings do.
+    """
+    from scipy.spatial import Delaunay
+
+    opened = points.copy()
+    for upper, lower in [(rig.LIPS_INNER_UPPER, rig.LIPS_INNER_LOWER), *EYE_CONTOURS]:
+        span = np.linalg.norm(points[upper[-1]] - points[upper[0]])
+        inner = np.asarray(lower[1:-1])
+        opened[inner, 1] += np.maximum(0.25 * span - (points[inner, 1] - points[upper[1:-1], 1]), 0.0)
+    triangles = Delaunay(opened).simplices
+    # keep the triangles inside the oval (Delaunay also fills the oval's concavities)
+    oval = points[rig.FACE_OVAL]
+    centroid = points[triangles].mean(1)
+    inside = np.zeros(len(triangles), bool)
+    for (x0, y0), (x1, y1) in zip(oval, np.roll(oval, -1, 0), strict=True):  # ray casting
+        crosses = (y0 > centroid[:, 1]) != (y1 > centroid[:, 1])
+        x_cross = x0 + (centroid[:, 1] - y0) * (x1 - x0) / (y1 - y0 + 1e-12)
+        inside ^= crosses & (centroid[:, 0] < x_cross)
+    return triangles[inside]
+
+
+def anchor_targets(mesh: ControlMesh, driven: np.ndarray) -> np.ndarray:
+    """Anchors follow the head's rigid 2D motion plus the oval's own deformation, with their weights."""
+    src = mesh.points.astype(np.float64)
+    ids = rig.STATIC_LANDMARKS
+    a, b = similarity_2d(src[ids], driven[ids])
+    anchors = src[NUM_MESH_VERTICES:]
+    rigid = (a - 1) * (anchors @ [1, 1j]) + b
+    origin = mesh.anchor_origin
+    residual = driven[origin] @ [1, 1j] - (a * (src[origin] @ [1, 1j]) + b)
+    moved = mesh.anchor_weight * (rigid + residual)
+    return anchors + np.stack([moved.real, moved.imag], 1)
+
+
+def warp_photo(frame: np.ndarray, image: np.ndarray, mesh: ControlMesh, src: np.ndarray, dst: np.ndarray,
+               depth: np.ndarray, moved: np.ndarray, border_margin: float, detail_margin: float) -> None:
+    """Backward piecewise-affine warp of the moving region of `image`, written into `frame`.
+
+    The map is rasterised on a coarse grid and upsampled, except around the eyes and the mouth, where the
+    lids and lips squeeze whole regions into a line: there it is rasterised (nearly) per pixel.
+    """
+    height, width = frame.shape[:2]
+    moving = moved[mesh.triangles].any(1)
+    tris = mesh.triangles[moving]
+    # far first, nearest last (later writes win): anchors behind the face, then by depth
+    tri_depth = np.where(mesh.anchor_triangle[moving], np.inf, depth[tris].mean(1))
+    tris = tris[np.argsort(-tri_depth, kind="stable")]
+    p, q = dst[tris], src[tris]  # (T, 3, 2)
+    x0, y0 = np.maximum(np.floor(p.min((0, 1))).astype(int) - 1, 0)
+    x1, y1 = np.minimum(np.ceil(p.max((0, 1))).astype(int) + 2, [width, height])
+    if x1 <= x0 or y1 <= y0:
+        return
+    step = mesh.grid_step
+    full = dense_map(p, q, (x0, y0, x1, y1), step, (height, width), border_margin)
+    detail_step = max(1, round(step / 3))
+    if detail_step < step:
+        for bx0, by0, bx1, by1 in detail_boxes(dst, detail_margin):
+            bx0, by0, bx1, by1 = max(bx0, x0), max(by0, y0), min(bx1, x1), min(by1, y1)
+            if bx1 > bx0 and by1 > by0:
+                fine = dense_map(p, q, (bx0, by0, bx1, by1), detail_step, (height, width), border_margin)
+                full[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0] = fine
+    frame[y0:y1, x0:x1] = cv2.remap(image, full, None, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+
+
+def dense_map(p: np.ndarray, q: np.ndarray, box: tuple[int, int, int, int], step: int, shape: tuple[int, int],
+              border_margin: float) -> np.ndarray:
+    """Source coordinates (h, w, 2) float32 of the pixels in `box`, for triangles `p` (driven) → `q`.
+
+    Grid nodes sit at pixel i·step + off, where cv2.resize puts its samples; an extra node on each side
+    keeps resize's edge clamping out of the box. Nodes no moving triangle covers stay in place, and
+    the displacement fades out toward the image border, which stays put.
+    """
+    x0, y0, x1, y1 = box
+    height, width = shape
+    off = (step - 1) / 2.0
+    i0, j0 = int(np.floor((x0 - off) / step)) - 1, int(np.floor((y0 - off) / step)) - 1
+    i1, j1 = int(np.ceil((x1 - 1 - off) / step)) + 2, int(np.ceil((y1 - 1 - off) / step)) + 2
+    node_x = np.arange(i0, i1) * step + off
+    node_y = np.arange(j0, j1) * step + off
+    near = ((p[..., 0].max(1) >= node_x[0]) & (p[..., 0].min(1) <= node_x[-1])
+            & (p[..., 1].max(1) >= node_y[0]) & (p[..., 1].min(1) <= node_y[-1]))
+    g0 = np.array([i0, j0])
+    disp = rasterise((p[near] - off) / step - g0, q[near], i1 - i0, j1 - j0, step, off, g0)
+    margin = border_margin * min(width, height)
+    fade_x = np.clip((np.minimum(node_x, width - 1 - node_x) - step) / margin, 0, 1)
+    fade_y = np.clip((np.minimum(node_y, height - 1 - node_y) - step) / margin, 0, 1)
+    disp *= np.minimum.outer(fade_y, fade_x).astype(np.float32)[..., None]
+    disp[..., 0] += node_x.astype(np.float32)[None, :]
+    disp[..., 1] += node_y.astype(np.float32)[:, None]
+    if step > 1:
+        disp = cv2.resize(disp, ((i1 - i0) * step, (j1 - j0) * step), interpolation=cv2.INTER_LINEAR)
+    return disp[y0 - j0 * step : y1 - j0 * step, x0 - i0 * step : x1 - i0 * step]
+
+
+def detail_boxes(dst: np.ndarray, detail_margin: float) -> list[tuple[int, int, int, int]]:
+    """Pixel boxes (x0, y0, x1, y1) around the driven mouth and eyes, rasterised per pixel."""
+    boxes = []
+    for ids in (rig.LIPS_OUTER_UPPER + rig.LIPS_OUTER_LOWER, rig.EYE_RIGHT, rig.EYE_LEFT):
+        lo, hi = dst[ids].min(0), dst[ids].max(0)
+        pad = detail_margin * (hi[0] - lo[0])
+        boxes.append((int(lo[0] - pad), int(lo[1] - pad), int(hi[0] + pad) + 2, int(hi[1] + pad) + 2))
+    return boxes
+
+
+def rasterise(grid: np.ndarray, q: np.ndarray, nx: int, ny: int, step: int, off: float,
+              g0: np.ndarray) -> np.ndarray:
+    """Displacement (ny, nx, 2) at the grid nodes covered by triangles `grid` (grid units) → `q` (px).
+
+    Triangles are drawn in order, so where they overlap (a fold, the nose over a turned cheek) the last
+    one wins; nodes no triangle covers keep a zero displacement.
+    """
+    # Same arithmetic as the straightforward per-pair version, element for element (so the same bits), but
+    # everything that depends only on the triangle (inverse determinant, edges, source corners) is computed
+    # once per triangle and gathered from contiguous arrays, and the source position only for covered nodes.
+    p0, e1, e2 = grid[:, 0], grid[:, 1] - grid[:, 0], grid[:, 2] - grid[:, 0]
+    det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+    ok = np.abs(det) > 1e-9
+    p0, e1, e2, det, q, grid = p0[ok], e1[ok], e2[ok], det[ok], q[ok], grid[ok]
+    i0 = np.clip(np.ceil(grid[..., 0].min(1) - 1e-4), 0, nx).astype(np.int64)
+    i1 = np.clip(np.floor(grid[..., 0].max(1) + 1e-4), -1, nx - 1).astype(np.int64)
+    j0 = np.clip(np.ceil(grid[..., 1].min(1) - 1e-4), 0, ny).astype(np.int64)
+    j1 = np.clip(np.floor(grid[..., 1].max(1) + 1e-4), -1, ny - 1).astype(np.int64)
+    w = np.maximum(i1 - i0 + 1, 0)
+    counts = w * np.maximum(j1 - j0 + 1, 0)
+    disp = np.zeros((ny, nx, 2), np.float32)
+    total = int(counts.sum())
+    if total == 0:
+        return disp
+    # every (triangle, node) pair in the triangles' bounding boxes, then keep the nodes inside
+    tri = np.repeat(np.arange(len(counts)), counts)
+    local = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    row, col = np.divmod(local, w[tri])
+    gi = i0[tri] + col
+    gj = j0[tri] + row
+    vx = gi - p0[:, 0].copy()[tri]
+    vy = gj - p0[:, 1].copy()[tri]
+    inv = (1.0 / det)[tri]
+    l1 = (vx * e2[:, 1].copy()[tri] - vy * e2[:, 0].copy()[tri]) * inv
+    l2 = (e1[:, 0].copy()[tri] * vy - e1[:, 1].copy()[tri] * vx) * inv
+    inside = (l1 >= -1e-5) & (l2 >= -1e-5) & (l1 + l2 <= 1 + 1e-5)
+    tri, gi, gj, l1, l2 = tri[inside], gi[inside], gj[inside], l1[inside], l2[inside]
+    q0, d1, d2 = q[:, 0], q[:, 1] - q[:, 0], q[:, 2] - q[:, 0]  # float32, as (qt[:, 1] - qt[:, 0]) was
+    sx = q0[:, 0][tri] + l1 * d1[:, 0][tri] + l2 * d2[:, 0][tri]
+    sy = q0[:, 1][tri] + l1 * d1[:, 1][tri] + l2 * d2[:, 1][tri]
+    disp[gj, gi, 0] = sx - ((gi + g0[0]) * step + off)
+    disp[gj, gi, 1] = sy - ((gj + g0[1]) * step + off)
+    return disp
