@@ -1,8 +1,9 @@
 """Teller web demo: make a portrait photo speak, from a speech file (Generate) or live from a microphone (Live).
 
 `python app.py` serves it locally on a CPU; the same file runs on a ZeroGPU Hugging Face Space. The app is a thin
-layer over one `TellerPipeline`: the Generate tab calls it once per request, the Live tab runs one streaming
-session per visitor and streams the frames back, with the visitor's own voice, to a player in the page.
+layout over one `TellerPipeline`: the Generate tab calls it once per request (also as an API endpoint); the Live
+tab runs one streaming session per visitor through `app_live.LiveServer`, which streams the frames back, with
+the visitor's own voice, to a player in the page.
 
 Settings (environment): TELLER_CHECKPOINT (folder or Hub id, default the bundled checkpoints/teller-base),
 TELLER_LIVE_SECONDS (time limit of a live session), TELLER_LIVE_SESSIONS (live sessions run at once),
@@ -12,17 +13,13 @@ TELLER_MAX_SPEECH_SECONDS (longest speech the Generate tab accepts).
 # ZeroGPU patches torch when `spaces` is imported, so it must come before anything that imports torch.
 import spaces  # isort: skip
 
-import base64
 import contextlib
 import logging
-import multiprocessing
 import os
 import queue
 import shutil
 import tempfile
-import threading
 import time
-import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,12 +28,11 @@ import gradio as gr
 import numpy as np
 import torch
 
-from teller_pipeline import HUB_MODEL_ID, FaceNotFoundError, ImageError, TellerPipeline
-from teller_pipeline.audio import SAMPLE_RATE, AudioError, load_audio
+from app_live import FramesAndVoice, LiveServer, live_frames, visitor_errors
+from teller_pipeline import HUB_MODEL_ID, TellerPipeline
+from teller_pipeline.audio import SAMPLE_RATE, load_audio
 from teller_pipeline.controls import GenerationControls
 from teller_pipeline.pipeline_teller import PreparedSource
-from teller_pipeline.streaming import FPS
-from teller_pipeline.video import LiveMP4Writer
 
 logger = logging.getLogger("teller.app")
 
@@ -47,10 +43,10 @@ CHECKPOINT = os.environ.get("TELLER_CHECKPOINT", str(ROOT / "checkpoints" / "tel
 MODEL_ID = os.environ.get("TELLER_MODEL_ID", HUB_MODEL_ID)  # the model repo on the Hub
 MAX_SPEECH_SECONDS = float(os.environ.get("TELLER_MAX_SPEECH_SECONDS", 60))
 LIVE_SECONDS = float(os.environ.get("TELLER_LIVE_SECONDS", 60))
-# Without a chunk for this long, the visitor is gone (closed tab, lost network) even if no event said so.
-IDLE_SECONDS = 5.0
 LIVE_SIZES = [256, 384, 512]  # longest side of live frames: small enough for a CPU to keep up with speech
 LIVE_DEFAULT_SIZE = 384
+OUTPUT_SIZES = [256, 384, 512, 768, 1024]  # the Generate tab's choices (longest side)
+OUTPUT_DEFAULT_SIZE = 512
 # Gradio 6.31's microphone sends 0.1 s chunks whatever `stream_every` asks for (its frontend fixes it); say so.
 CHUNK_SECONDS = 0.1
 
@@ -82,36 +78,6 @@ if DEVICE == "cpu":
         pipe.start_session(pipe.prepare_source(EXAMPLES / "astronaut.png", 256)).push(np.zeros(8000, np.float32))
 
 
-# ---------------------------------------------------------------------------------------------- visitor errors
-def _short(message: str) -> str:
-    """Visitors' files arrive as long temporary paths; their own file name is the last part."""
-    return " ".join(Path(word).name if word.startswith("/") else word for word in message.split(" "))
-
-
-@contextlib.contextmanager
-def visitor_errors() -> Iterator[None]:
-    """Turn the pipeline's exceptions into plain-language messages; anything unexpected is logged, not shown."""
-    try:
-        yield
-    except gr.Error:
-        raise
-    except FaceNotFoundError as error:
-        raise gr.Error("No face was found in this photo. Try a clear, well-lit portrait with the face "
-                       "looking toward the camera.", print_exception=False) from error
-    except ImageError as error:
-        raise gr.Error(f"This photo cannot be used: {_short(str(error))}", print_exception=False) from error
-    except AudioError as error:
-        if "the limit is" in str(error):  # the pipeline's "too long" message names a developer setting
-            raise gr.Error(f"The speech is too long: this demo animates up to {MAX_SPEECH_SECONDS:g} s. "
-                           "Please trim it.", print_exception=False) from error
-        raise gr.Error(f"This speech cannot be used: {_short(str(error))}", print_exception=False) from error
-    except ValueError as error:  # the pipeline's other input checks, e.g. a session past its length limit
-        raise gr.Error(_short(str(error)), print_exception=False) from error
-    except Exception as error:
-        logger.exception("unexpected error")
-        raise gr.Error("Something went wrong on our side. Please try again.") from error
-
-
 # ------------------------------------------------------------------------------------------------ Generate tab
 def _generate_budget(portrait: str, speech: np.ndarray, controls: dict, max_size: int, output: str) -> int:
     """ZeroGPU time to reserve: start-up plus a generous real-time factor for this speech."""
@@ -134,7 +100,7 @@ def generate(
     expression: float = DEFAULTS.expression_scale,
     blinks_per_minute: float = DEFAULTS.blinks_per_minute,
     seed: float = DEFAULTS.seed,
-    output_size: int = 512,
+    output_size: int = OUTPUT_DEFAULT_SIZE,
     progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's way to ask for a progress bar)
 ) -> str:
     """Animate a portrait with a speech file; returns the MP4 (H.264 + AAC)."""
@@ -145,7 +111,7 @@ def generate(
     _remove_old_files(OUTPUTS, max_age=3600)
     controls = dict(seed=int(seed), head_motion_scale=head_motion, expression_scale=expression,
                     blinks_per_minute=blinks_per_minute)
-    with visitor_errors():
+    with visitor_errors(max_speech_seconds=MAX_SPEECH_SECONDS):
         samples = load_audio(speech, max_seconds=MAX_SPEECH_SECONDS)
         output = tempfile.mkstemp(suffix=".mp4", prefix="teller-", dir=OUTPUTS)[1]
         return _animate(portrait, samples, controls, int(output_size), output)
@@ -166,214 +132,15 @@ def _remove_old_files(directory: Path, max_age: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- Live tab
-# On ZeroGPU the GPU function runs in a forked worker, so chunks must travel through a Manager queue proxy; on a
-# CPU a plain queue does the same without a helper process.
-_make_queue = multiprocessing.Manager().Queue if ZERO_GPU else queue.Queue
-
-
-class LiveSessions:
-    """Per-visitor state keyed by Gradio's session hash; every method is safe to call from any thread."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._live: dict[str, queue.Queue] = {}  # session hash → the chunk queue of its running session
-        self._portraits: dict[str, tuple[tuple[str, int], PreparedSource]] = {}
-
-    def open(self, key: str) -> queue.Queue:
-        """A fresh chunk queue for a new session; a session still running for this visitor is told to end."""
-        chunks = _make_queue()
-        with self._lock:
-            old, self._live[key] = self._live.get(key), chunks
-        if old is not None:
-            old.put(None)
-        return chunks
-
-    def close(self, key: str, chunks: queue.Queue) -> None:
-        with self._lock:
-            if self._live.get(key) is chunks:
-                del self._live[key]
-
-    def push(self, key: str, chunk: tuple[int, np.ndarray]) -> bool:
-        """Hand a chunk to the visitor's running session; without one (still queued, or ended) it is dropped."""
-        with self._lock:
-            chunks = self._live.get(key)
-        if chunks is not None:
-            chunks.put(chunk)
-        return chunks is not None
-
-    def stop(self, key: str, forget: bool = False) -> None:
-        """End the visitor's running session (the sentinel lets it finish its last frames); `forget` also
-        drops the analysed portrait (the visitor left)."""
-        with self._lock:
-            chunks = self._live.pop(key, None)
-            if forget:
-                self._portraits.pop(key, None)
-        if chunks is not None:
-            chunks.put(None)
-
-    def is_live(self, key: str) -> bool:
-        with self._lock:
-            return key in self._live
-
-    def count(self) -> int:
-        """Sessions running now (for monitoring and tests)."""
-        with self._lock:
-            return len(self._live)
-
-    def portrait(self, key: str, path: str, max_size: int) -> PreparedSource:
-        """The visitor's portrait analysed once: reused by every session until they pick another."""
-        with self._lock:
-            cached = self._portraits.get(key)
-        if cached is not None and cached[0] == (path, max_size):
-            return cached[1]
-        prepared = pipe.prepare_source(path, max_size)
-        with self._lock:
-            self._portraits[key] = ((path, max_size), prepared)
-        return prepared
-
-
-SESSIONS = LiveSessions()
-
-
-class VoiceTrack:
-    """The visitor's own voice for the live video, where frame i covers [i/25, (i+1)/25) s of it. Each chunk of
-    video carries the voice up to its last frame and all heard after that so far: with the voice ahead of the
-    video, a browser starts playing on the first chunk (Chrome waits for about 0.2 s of buffered audio, more
-    than one chunk's frames span). The stream's timestamps keep lips and voice together either way."""
-
-    def __init__(self) -> None:
-        self.rate: int | None = None
-        self.pending = np.zeros(0, np.float32)  # heard, not sent yet
-        self.sent = 0  # samples sent so far
-        self.frames = 0  # frames whose voice has been sent
-
-    def add(self, samples: np.ndarray, rate: int) -> None:
-        mono = np.asarray(samples)
-        mono = mono / 32768.0 if mono.dtype == np.int16 else mono.astype(np.float32)
-        mono = mono.mean(axis=1) if mono.ndim == 2 else mono
-        if self.rate is None:
-            self.rate = int(rate)
-        elif rate != self.rate:  # browsers keep one rate per recording; this only guards the arithmetic
-            mono = np.interp(np.arange(0, len(mono), rate / self.rate), np.arange(len(mono)), mono)
-        self.pending = np.concatenate([self.pending, mono.astype(np.float32)])
-
-    def take(self, num_frames: int) -> np.ndarray:
-        """The voice to send with the next `num_frames` frames: all heard so far, and silence past the end of
-        the speech if the frames go further (the session's final frames)."""
-        self.frames += num_frames
-        short = round(self.frames * (self.rate or SAMPLE_RATE) / FPS) - self.sent - len(self.pending)
-        out = np.concatenate([self.pending, np.zeros(max(short, 0), np.float32)])
-        self.pending = np.zeros(0, np.float32)
-        self.sent += len(out)
-        return out
-
-
 @spaces.GPU(duration=int(LIVE_SECONDS) + 30)
 def _live_frames(
     prepared: PreparedSource, controls: dict, chunks: queue.Queue, seconds: float, idle_seconds: float
-) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-    """The one GPU call of a live session: audio chunks from `chunks` in, (frames, their audio, rate) out,
-    until the sentinel None, `seconds` of session time, or `idle_seconds` without a chunk."""
-    session = pipe.start_session(prepared, **controls)
-    voice = VoiceTrack()
-    deadline = time.monotonic() + seconds
-    ended = False
-    while not ended and time.monotonic() < deadline:
-        try:
-            batch = [chunks.get(timeout=min(idle_seconds, max(deadline - time.monotonic(), 0.01)))]
-        except queue.Empty:
-            break
-        # A slow machine falls behind: take everything waiting at once, so it catches up in one larger chunk
-        # instead of many small ones.
-        with contextlib.suppress(queue.Empty):
-            while batch[-1] is not None:
-                batch.append(chunks.get_nowait())
-        frames: list[np.ndarray] = []
-        for chunk in batch:
-            if chunk is None:
-                ended = True
-                break
-            rate, samples = chunk
-            voice.add(samples, rate)
-            frames += session.push(samples, rate)
-        if frames:
-            yield np.stack(frames), voice.take(len(frames)), voice.rate
-    frames = session.finish()
-    if frames:
-        yield np.stack(frames), voice.take(len(frames)), voice.rate or SAMPLE_RATE
+) -> Iterator[FramesAndVoice]:
+    """The one GPU call of a live session (see `app_live.live_frames`)."""
+    yield from live_frames(pipe, prepared, controls, chunks, seconds, idle_seconds)
 
 
-def analyse_portrait(portrait: str | None, size: int, request: gr.Request) -> str:
-    """Analyse the Live tab's portrait as soon as it is chosen, so recording starts without that delay."""
-    if not portrait:
-        return "Choose a portrait, then press **Record** and speak."
-    with visitor_errors():
-        SESSIONS.portrait(request.session_hash, portrait, int(size))
-    return "Portrait ready: press **Record** and speak."
-
-
-def live_session(
-    portrait: str | None,
-    head_motion: float,
-    expression: float,
-    blinks_per_minute: float,
-    size: int,
-    request: gr.Request,
-) -> Iterator[dict]:
-    """Started by the microphone's record button: yields the live video, one fragmented MP4 (H.264 + AAC) in
-    chunks, each a value for the Live tab's player (`web/live_player.js`), which appends them to a MediaSource."""
-    key = request.session_hash
-    if not portrait:
-        raise gr.Error("Please choose a portrait first.", print_exception=False)
-    chunks = SESSIONS.open(key)  # first, so no chunk of the speech is dropped while the portrait is analysed
-    player = dict(session=uuid.uuid4().hex, seq=0)  # a new session id tells the player to start afresh
-    frames = None
-    writer = None
-    started = time.monotonic()
-    try:
-        with visitor_errors():
-            prepared = SESSIONS.portrait(key, portrait, int(size))
-            controls = dict(head_motion_scale=head_motion, expression_scale=expression,
-                            blinks_per_minute=blinks_per_minute)
-            frames = _live_frames(prepared, controls, chunks, LIVE_SECONDS, IDLE_SECONDS)
-            for batch, audio, rate in frames:
-                if writer is None:
-                    height, width = batch.shape[1:3]
-                    writer = LiveMP4Writer(FPS, rate, width, height)
-                    player["mime"] = writer.mime_type
-                    logger.info("live %s: first video %.2f s after recording started", key[:8],
-                                time.monotonic() - started)
-                logger.debug("live %s: %d frames at %.2f s", key[:8], len(batch), time.monotonic() - started)
-                yield _player_chunk(player, writer.write(list(batch), audio))
-            if writer is not None:
-                yield _player_chunk(player, writer.close(), end=True)
-    finally:
-        if frames is not None:
-            frames.close()  # the visitor left mid-session: end the model's loop too
-        if writer is not None:
-            writer.close()
-        SESSIONS.close(key, chunks)
-
-
-def _player_chunk(player: dict, data: bytes, end: bool = False) -> dict:
-    """The player's value for one chunk; numbered, so the page can tell if one went missing."""
-    chunk = player | dict(data=base64.b64encode(data).decode("ascii"), end=end)
-    player["seq"] += 1
-    return chunk
-
-
-def live_chunk(chunk: tuple[int, np.ndarray] | None, request: gr.Request) -> None:
-    """Each microphone chunk, (rate, int16 samples), goes to the visitor's running session."""
-    if chunk is not None and not SESSIONS.push(request.session_hash, chunk):
-        logger.debug("live %s: a chunk came with no session running (dropped)", request.session_hash[:8])
-
-
-def live_stop(request: gr.Request) -> None:
-    SESSIONS.stop(request.session_hash)
-
-
-def visitor_left(request: gr.Request) -> None:
-    SESSIONS.stop(request.session_hash, forget=True)
+live = LiveServer(pipe, _live_frames, seconds=LIVE_SECONDS, across_processes=ZERO_GPU)
 
 
 # ------------------------------------------------------------------------------------------------------ layout
@@ -441,8 +208,8 @@ with gr.Blocks(title="Teller: make a portrait speak", delete_cache=(3600, 3600))
                     speech = gr.Audio(label="Speech", type="filepath", sources=["upload", "microphone"])
                     with gr.Accordion("Settings", open=False):
                         head_motion, expression, blinks = _controls()
-                        seed = gr.Number(value=0, precision=0, label="Seed", info="same seed, same video")
-                        output_size = gr.Radio([256, 384, 512, 768, 1024], value=512, label="Output size",
+                        seed = gr.Number(value=DEFAULTS.seed, precision=0, label="Seed", info="same seed, same video")
+                        output_size = gr.Radio(OUTPUT_SIZES, value=OUTPUT_DEFAULT_SIZE, label="Output size",
                                                info="longest side in pixels; larger photos are downscaled")
                     animate = gr.Button("Animate", variant="primary")
                 with gr.Column():
@@ -485,10 +252,10 @@ with gr.Blocks(title="Teller: make a portrait speak", delete_cache=(3600, 3600))
                     live_video = gr.HTML(None, html_template=LIVE_PLAYER_HTML, css_template=LIVE_PLAYER_CSS,
                                          js_on_load=LIVE_PLAYER_JS, elem_id="live-video")
                     gr.Markdown(f"A live session lasts up to {LIVE_SECONDS:g} s. Headphones avoid echo.")
-            gr.on([live_portrait.change, live_size.change], analyse_portrait, [live_portrait, live_size],
+            gr.on([live_portrait.change, live_size.change], live.analyse_portrait, [live_portrait, live_size],
                   live_status, api_name=False)
             mic.start_recording(
-                live_session,
+                live.session,
                 [live_portrait, live_head, live_expression, live_blinks, live_size],
                 live_video,
                 api_name=False,
@@ -497,11 +264,11 @@ with gr.Blocks(title="Teller: make a portrait speak", delete_cache=(3600, 3600))
             )
             # Its own, unlimited concurrency: the chunk handler only queues the chunk, and it must run while that
             # visitor's session holds its "live" slot. The time limit ends a recording the visitor forgot.
-            mic.stream(live_chunk, mic, None, stream_every=CHUNK_SECONDS, time_limit=LIVE_SECONDS,
+            mic.stream(live.chunk, mic, None, stream_every=CHUNK_SECONDS, time_limit=LIVE_SECONDS,
                        concurrency_limit=None, api_name=False, show_progress="hidden")
-            mic.stop_recording(live_stop, None, None, api_name=False, show_progress="hidden")
+            mic.stop_recording(live.stop, None, None, api_name=False, show_progress="hidden")
     gr.Markdown(FOOTER)
-    demo.unload(visitor_left)
+    demo.unload(live.visitor_left)
 
 LAUNCH_OPTIONS = dict(theme=gr.themes.Soft(), allowed_paths=[str(EXAMPLES), str(Path(CHECKPOINT) / "README.md")])
 

@@ -1,5 +1,6 @@
-"""The Gradio app: the Generate endpoint through gradio_client, and the Live tab's streaming handlers called
-directly (gradio_client cannot drive `.stream` events; the browser test covers them end to end)."""
+"""The Gradio app: the Generate endpoint through gradio_client, and the Live tab's streaming handlers (`app.live`,
+an `app_live.LiveServer`) called directly (gradio_client cannot drive `.stream` events; the browser test covers them
+end to end)."""
 
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ def test_generate_errors_are_plain_language(client, app, no_face, tmp_path, monk
 # ---------------------------------------------------------------------------------------------------- Live
 class Visitor:
     """One browser session driving the Live handlers as Gradio would: the record button starts
-    `live_session`, the microphone calls `live_chunk` every 0.1 s, the stop button calls `live_stop`."""
+    `live.session`, the microphone calls `live.chunk` every 0.1 s, the stop button calls `live.stop`."""
 
     def __init__(self, app, name: str, portrait: str, size: int = 256):
         self.app, self.portrait, self.size = app, portrait, size
@@ -110,18 +111,18 @@ class Visitor:
     def speak(self, samples: np.ndarray, stop: bool = True, pace: float = 0.0) -> None:
         """Send the speech once the session is listening, then press stop (or not)."""
         deadline = time.monotonic() + 30
-        while not self.app.SESSIONS.is_live(self.request.session_hash):
+        while not self.app.live.sessions.is_live(self.request.session_hash):
             assert time.monotonic() < deadline, "the session never started listening"
             time.sleep(0.01)
         for start in range(0, len(samples), CHUNK):
-            self.app.live_chunk((MIC_RATE, samples[start : start + CHUNK]), self.request)
+            self.app.live.chunk((MIC_RATE, samples[start : start + CHUNK]), self.request)
             time.sleep(pace)
         if stop:
-            self.app.live_stop(self.request)
+            self.app.live.stop(self.request)
 
     def run(self) -> None:
         try:
-            for chunk in self.app.live_session(self.portrait, 1.0, 1.0, 15, self.size, self.request):
+            for chunk in self.app.live.session(self.portrait, 1.0, 1.0, 15, self.size, self.request):
                 self.chunks.append(chunk)
         except BaseException as error:  # noqa: B036 (re-raised in the test's thread)
             self.error = error
@@ -161,13 +162,15 @@ def test_live_chunks_in_video_stream_out(app, mic_speech):
     assert [chunk["seq"] for chunk in visitor.chunks] == list(range(len(visitor.chunks)))
     assert all(chunk["mime"].startswith('video/mp4; codecs="avc1.') for chunk in visitor.chunks)
     assert [chunk["end"] for chunk in visitor.chunks] == [False] * (len(visitor.chunks) - 1) + [True]
-    assert not app.SESSIONS.is_live("live-basic")
+    assert not app.live.sessions.is_live("live-basic")
 
 
 def test_live_voice_runs_ahead_of_the_frames_and_is_sent_once(app, mic_speech):
     # The first chunk of video is 5 frames (0.2 s); a browser waits for ~0.2 s of audio before playing, so the
     # chunk carries all the voice heard so far. Nothing is sent twice, and the final frames get silence.
-    voice = app.VoiceTrack()
+    from app_live import VoiceTrack
+
+    voice = VoiceTrack()
     voice.add(mic_speech[: int(0.45 * MIC_RATE)], MIC_RATE)
     first = voice.take(5)
     assert len(first) == int(0.45 * MIC_RATE)
@@ -179,14 +182,14 @@ def test_live_voice_runs_ahead_of_the_frames_and_is_sent_once(app, mic_speech):
 
 
 def test_live_ends_on_idle_timeout_and_on_time_limit(app, mic_speech, monkeypatch):
-    monkeypatch.setattr(app, "IDLE_SECONDS", 0.5)
+    monkeypatch.setattr(app.live, "idle_seconds", 0.5)
     quiet = Visitor(app, "live-idle", str(ASTRONAUT))
     listener = quiet.talk(mic_speech[: int(1.2 * MIC_RATE)], stop=False)  # a tab that vanished: no stop
     listener.join(60)
     assert not listener.is_alive() and quiet.error is None
     assert quiet.frames == 30  # what it heard is still rendered to the end
 
-    monkeypatch.setattr(app, "LIVE_SECONDS", 1.0)
+    monkeypatch.setattr(app.live, "seconds", 1.0)
     chatty = Visitor(app, "live-limit", str(ASTRONAUT))
     listener = chatty.talk(mic_speech, stop=False, pace=0.1)  # 3.1 s of speech in real time, never stopped
     sent_at = time.monotonic()
@@ -199,17 +202,17 @@ def test_live_ends_on_idle_timeout_and_on_time_limit(app, mic_speech, monkeypatc
 def test_live_bad_portrait_is_a_plain_error(app, no_face, tmp_path, mic_speech):
     request = gr.Request(session_hash="live-bad")
     with pytest.raises(gr.Error, match="No face was found"):
-        app.analyse_portrait(no_face, 256, request)
+        app.live.analyse_portrait(no_face, 256, request)
     broken = tmp_path / "selfie.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     with pytest.raises(gr.Error, match="This photo cannot be used: selfie.jpg"):
-        app.analyse_portrait(str(broken), 256, request)
+        app.live.analyse_portrait(str(broken), 256, request)
     visitor = Visitor(app, "live-bad", no_face)
     visitor.talk(mic_speech[:CHUNK], stop=False).join(60)  # the mic started anyway: its chunk is dropped
     assert isinstance(visitor.error, gr.Error) and "No face" in visitor.error.message
-    assert not app.SESSIONS.is_live("live-bad")
+    assert not app.live.sessions.is_live("live-bad")
     # Chunks from a visitor with no running session (queued, or after an error) are dropped quietly.
-    app.live_chunk((MIC_RATE, mic_speech[:CHUNK]), request)
+    app.live.chunk((MIC_RATE, mic_speech[:CHUNK]), request)
 
 
 def test_portrait_is_analysed_once_per_visitor(app, mic_speech, monkeypatch):
@@ -217,7 +220,7 @@ def test_portrait_is_analysed_once_per_visitor(app, mic_speech, monkeypatch):
     original = app.pipe.prepare_source
     monkeypatch.setattr(app.pipe, "prepare_source", lambda *a, **k: calls.append(a) or original(*a, **k))
     visitor = Visitor(app, "live-once", str(GRACE_HOPPER))
-    assert "ready" in app.analyse_portrait(str(GRACE_HOPPER), 256, visitor.request)
+    assert "ready" in app.live.analyse_portrait(str(GRACE_HOPPER), 256, visitor.request)
     for _ in range(2):
         visitor.chunks = []
         visitor.talk(mic_speech[: int(1.0 * MIC_RATE)]).join(60)
@@ -238,7 +241,7 @@ def test_two_visitors_are_isolated(app, mic_speech):
         talker.start()
     for talker in talkers:
         talker.join(60)
-    app.visitor_left(bob.request)
+    app.live.visitor_left(bob.request)
     for listener in listeners:
         listener.join(60)
     assert alice.error is None and bob.error is None

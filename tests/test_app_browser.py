@@ -180,13 +180,13 @@ def test_live_tab_plays_the_talking_portrait_while_speech_plays(page, server, sc
     page.screenshot(path=path, full_page=True)
     _not_blank(path, page.locator("#live-video").bounding_box())
     assert page.get_by_role("button", name="Stop").is_visible()
-    assert app.SESSIONS.count() == 1
+    assert app.live.sessions.count() == 1
 
     page.get_by_role("button", name="Stop").click()
     deadline = time.monotonic() + 20
-    while app.SESSIONS.count() and time.monotonic() < deadline:
+    while app.live.sessions.count() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert app.SESSIONS.count() == 0, "stopping the recording did not end the session"
+    assert app.live.sessions.count() == 0, "stopping the recording did not end the session"
 
 
 def test_closing_the_tab_ends_the_live_session(page, server):
@@ -196,12 +196,12 @@ def test_closing_the_tab_ends_the_live_session(page, server):
     page.get_by_text("Portrait ready").wait_for(timeout=30_000)
     page.get_by_role("button", name="Record").click()
     deadline = time.monotonic() + 20
-    while not app.SESSIONS.count() and time.monotonic() < deadline:
+    while not app.live.sessions.count() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert app.SESSIONS.count() == 1
+    assert app.live.sessions.count() == 1
     page.close()  # no stop: the visitor just leaves
-    deadline = time.monotonic() + app.IDLE_SECONDS + 15
-    while app.SESSIONS.count() and time.monotonic() < deadline:
+    deadline = time.monotonic() + app.live.idle_seconds + 15
+    while app.live.sessions.count() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert app.SESSIONS.count() == 0, "the session outlived its visitor"
+    assert app.live.sessions.count() == 0, "the session outlived its visitor"
 
