@@ -1,19 +1,20 @@
 """Teller web demo: make a portrait photo speak, from a speech file (Generate) or live from a microphone (Live).
 
 `python app.py` serves it locally on a CPU; the same file runs on a ZeroGPU Hugging Face Space. The app is a thin
-layout over one `TellerPipeline`: the Generate tab calls it once per request (also as an API endpoint); the Live
-tab runs one streaming session per visitor through `app_live.LiveServer`, which streams the frames back, with
-the visitor's own voice, to a player in the page.
+layout over one `TellerPipeline`: the Generate tab calls it once per request (also as an API endpoint and, where
+Gradio's `mcp` extra is installed, an MCP tool); the Live tab runs one streaming session per visitor through
+`app_live.LiveServer`, which streams the frames back, with the visitor's own voice, to a player in the page.
 
 Settings (environment): TELLER_CHECKPOINT (folder or Hub id, default the bundled checkpoints/teller-base),
 TELLER_LIVE_SECONDS (time limit of a live session), TELLER_LIVE_SESSIONS (live sessions run at once),
-TELLER_MAX_SPEECH_SECONDS (longest speech the Generate tab accepts).
+TELLER_MAX_SPEECH_SECONDS (longest speech the Generate tab accepts), TELLER_QUEUE_SIZE (requests that may wait).
 """
 
 # ZeroGPU patches torch when `spaces` is imported, so it must come before anything that imports torch.
 import spaces  # isort: skip
 
 import contextlib
+import importlib.util
 import logging
 import os
 import queue
@@ -43,30 +44,39 @@ CHECKPOINT = os.environ.get("TELLER_CHECKPOINT", str(ROOT / "checkpoints" / "tel
 MODEL_ID = os.environ.get("TELLER_MODEL_ID", HUB_MODEL_ID)  # the model repo on the Hub
 MAX_SPEECH_SECONDS = float(os.environ.get("TELLER_MAX_SPEECH_SECONDS", 60))
 LIVE_SECONDS = float(os.environ.get("TELLER_LIVE_SECONDS", 60))
+# Requests waiting for their turn, all events together; past that a visitor is told the queue is full instead of
+# adding work nobody will wait for (a 60 s speech takes about a minute on a CPU).
+QUEUE_SIZE = int(os.environ.get("TELLER_QUEUE_SIZE", 16))
 LIVE_SIZES = [256, 384, 512]  # longest side of live frames: small enough for a CPU to keep up with speech
 LIVE_DEFAULT_SIZE = 384
-OUTPUT_SIZES = [256, 384, 512, 768, 1024]  # the Generate tab's choices (longest side)
+# The Generate tab's output size (longest side). A slider rather than a radio of sizes: Gradio 6.31 declares a
+# radio's numeric choices as strings in the API schema, which MCP clients then cannot satisfy.
+OUTPUT_MIN_SIZE, OUTPUT_MAX_SIZE, OUTPUT_SIZE_STEP = 256, 1024, 128
 OUTPUT_DEFAULT_SIZE = 512
 # Gradio 6.31's microphone sends 0.1 s chunks whatever `stream_every` asks for (its frontend fixes it); say so.
 CHUNK_SECONDS = 0.1
+# Serve the Generate tab as an MCP tool too, where Gradio's `mcp` extra is installed.
+MCP_SERVER = importlib.util.find_spec("mcp") is not None
 
 ZERO_GPU = spaces.config.Config.zero_gpu
 DEVICE = "cuda" if ZERO_GPU or torch.cuda.is_available() else "cpu"
 # On a CPU every session competes for the same cores: one live session at a time keeps it real time. The
 # Generate tab has its own limit, so a long live session never blocks it.
 LIVE_SESSIONS = int(os.environ.get("TELLER_LIVE_SESSIONS", 4 if DEVICE == "cuda" else 1))
+GENERATE_AT_ONCE = 2 if DEVICE == "cuda" else 1
 if DEVICE == "cpu":
     # Measured on 2 shared cores: one intra-op thread ran a live slice 2-4x faster than two, whose threads spin
     # against each other and against the renderer, ffmpeg and the web server.
     torch.set_num_threads(int(os.environ.get("TELLER_TORCH_THREADS", 1)))
 
 # ---------------------------------------------------------------------------------------------------- the model
+# Only the neural parts go to the GPU: face analysis, the motion encoder and the renderer are numpy/MediaPipe
+# code that runs on the CPU, so a portrait can be analysed outside a (ZeroGPU) GPU call.
+GPU_COMPONENTS = ("audio_encoder", "motion_generator", "motion_tokenizer", "temporal_refiner")
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     pipe = TellerPipeline.from_pretrained(CHECKPOINT)
-# Only the neural parts go to the GPU: face analysis, the motion encoder and the renderer are numpy/MediaPipe
-# code that runs on the CPU, so a portrait can be analysed outside a (ZeroGPU) GPU call.
-for _name in ("audio_encoder", "motion_generator", "motion_tokenizer", "temporal_refiner"):
+for _name in GPU_COMPONENTS:
     getattr(pipe, _name).to(DEVICE)
 # diffusers' progress bar, which gr.Progress(track_tqdm=True) turns into the Generate tab's progress bar.
 pipe.set_progress_bar_config(desc="Animating", leave=False)
@@ -103,7 +113,23 @@ def generate(
     output_size: int = OUTPUT_DEFAULT_SIZE,
     progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's way to ask for a progress bar)
 ) -> str:
-    """Animate a portrait with a speech file; returns the MP4 (H.264 + AAC)."""
+    """Make a portrait photo speak: animate it with a speech recording and return the talking-head video.
+
+    Lips, jaw, eyes, brows and head move with the voice over the whole photo. The video is an MP4 (H.264 at 25 fps,
+    with the speech as AAC audio) that lasts as long as the speech.
+
+    Args:
+        portrait: the portrait photo (PNG, JPEG, WebP...); of several faces, the largest is animated.
+        speech: the speech recording (WAV, MP3, FLAC, OGG, WebM, M4A...); speech past the demo's limit is refused.
+        head_motion: how much the head moves; 0 keeps it still.
+        expression: how much the lips, jaw and brows move.
+        blinks_per_minute: how often the eyes blink.
+        seed: the same seed gives the same video; other seeds give other head motion and blinks.
+        output_size: longest side of the video in pixels, 256 to 1024; larger photos are downscaled.
+
+    Returns:
+        The MP4 video.
+    """
     if not portrait:
         raise gr.Error("Please add a portrait photo first.", print_exception=False)
     if not speech:
@@ -209,8 +235,9 @@ with gr.Blocks(title="Teller: make a portrait speak", delete_cache=(3600, 3600))
                     with gr.Accordion("Settings", open=False):
                         head_motion, expression, blinks = _controls()
                         seed = gr.Number(value=DEFAULTS.seed, precision=0, label="Seed", info="same seed, same video")
-                        output_size = gr.Radio(OUTPUT_SIZES, value=OUTPUT_DEFAULT_SIZE, label="Output size",
-                                               info="longest side in pixels; larger photos are downscaled")
+                        output_size = gr.Slider(OUTPUT_MIN_SIZE, OUTPUT_MAX_SIZE, value=OUTPUT_DEFAULT_SIZE,
+                                                step=OUTPUT_SIZE_STEP, precision=0, label="Output size",
+                                                info="longest side in pixels; larger photos are downscaled")
                     animate = gr.Button("Animate", variant="primary")
                 with gr.Column():
                     result = gr.Video(label="Talking portrait", autoplay=True, height=480)
@@ -232,7 +259,7 @@ with gr.Blocks(title="Teller: make a portrait speak", delete_cache=(3600, 3600))
                 [portrait, speech, head_motion, expression, blinks, seed, output_size],
                 result,
                 api_name="generate",
-                concurrency_limit=1 if DEVICE == "cpu" else 2,
+                concurrency_limit=GENERATE_AT_ONCE,
                 concurrency_id="generate",
             )
 
@@ -269,8 +296,10 @@ with gr.Blocks(title="Teller: make a portrait speak", delete_cache=(3600, 3600))
             mic.stop_recording(live.stop, None, None, api_name=False, show_progress="hidden")
     gr.Markdown(FOOTER)
     demo.unload(live.visitor_left)
+demo.queue(max_size=QUEUE_SIZE)
 
-LAUNCH_OPTIONS = dict(theme=gr.themes.Soft(), allowed_paths=[str(EXAMPLES), str(Path(CHECKPOINT) / "README.md")])
+LAUNCH_OPTIONS = dict(theme=gr.themes.Soft(), allowed_paths=[str(EXAMPLES), str(Path(CHECKPOINT) / "README.md")],
+                      mcp_server=MCP_SERVER)
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)

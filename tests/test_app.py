@@ -4,12 +4,15 @@ end to end)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import socket
 import tempfile
 import threading
 import time
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -34,15 +37,21 @@ def app():
 
 
 @pytest.fixture(scope="module")
-def client(app):
+def server(app) -> str:
+    """The app served as `python app.py` serves it (with its queue limit and, where installed, the MCP server)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     app.demo.launch(prevent_thread_lock=True, server_port=port, quiet=True, **app.LAUNCH_OPTIONS)
     try:
-        yield gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        yield f"http://127.0.0.1:{port}"
     finally:
         app.demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return gradio_client.Client(f"{server}/", verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +103,89 @@ def test_generate_errors_are_plain_language(client, app, no_face, tmp_path, monk
     monkeypatch.setattr(app, "MAX_SPEECH_SECONDS", 2.0)  # the server runs in this process
     with pytest.raises(gradio_client.exceptions.AppError, match="too long: this demo animates up to 2 s"):
         client.predict(handle(str(ASTRONAUT)), speech, 1.0, 1.0, 15, 0, 256, api_name="/generate")
+
+
+GENERATE_ARGUMENTS = ["portrait", "speech", "head_motion", "expression", "blinks_per_minute", "seed", "output_size"]
+
+
+def test_generate_is_the_documented_api(server):
+    # The API page shows the function's docstring; the Live tab's handlers are not an API.
+    info = httpx.get(f"{server}/gradio_api/info").json()
+    assert list(info["named_endpoints"]) == ["/generate"] and not info["unnamed_endpoints"]
+    endpoint = info["named_endpoints"]["/generate"]
+    assert endpoint["description"].startswith("Make a portrait photo speak: animate it with a speech recording")
+    assert [parameter["parameter_name"] for parameter in endpoint["parameters"]] == GENERATE_ARGUMENTS
+
+
+def test_generate_is_an_mcp_tool(server, tmp_path):
+    import soundfile as sf
+
+    mcp = pytest.importorskip("mcp")
+    from mcp.client.streamable_http import streamable_http_client
+
+    speech = tmp_path / "speech.wav"
+    sf.write(speech, load_audio(REAL_SPEECH)[: int(1.2 * 16000)], 16000)
+
+    def data_url(path, mime: str) -> str:
+        # A remote assistant passes public URLs; Gradio refuses to fetch local addresses, and takes data URLs.
+        return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+    async def use_the_tool():
+        async with streamable_http_client(f"{server}/gradio_api/mcp/") as (read, write, _):
+            async with mcp.ClientSession(read, write) as session:
+                await session.initialize()
+                tools = (await session.list_tools()).tools
+                arguments = dict(portrait=data_url(ASTRONAUT, "image/png"), speech=data_url(speech, "audio/wav"),
+                                 output_size=256)
+                return tools, await session.call_tool("generate", arguments)
+
+    tools, result = asyncio.run(use_the_tool())
+    assert [tool.name for tool in tools] == ["generate"]
+    assert tools[0].description.startswith("Make a portrait photo speak")
+    properties = tools[0].inputSchema["properties"]
+    assert list(properties) == GENERATE_ARGUMENTS
+    assert all(properties[name].get("description") for name in GENERATE_ARGUMENTS)  # every argument explained
+    assert not result.isError, result.content
+    (video_url,) = [content.text for content in result.content if content.type == "text"]
+    video = tmp_path / "talk.mp4"
+    video.write_bytes(httpx.get(video_url).raise_for_status().content)
+    info = probe_media(video)
+    assert (info["video_codec"], info["audio_codec"]) == ("h264", "aac")
+    assert info["frame_count"] == 30 and max(info["width"], info["height"]) == 256
+
+
+def test_a_crowd_waits_in_a_bounded_queue(server, client, app, monkeypatch):
+    # While the Generate slots are busy, QUEUE_SIZE requests wait their turn; the next one is turned away at once
+    # instead of piling up work nobody will wait for.
+    started, release = threading.Semaphore(0), threading.Event()
+
+    def busy(*args):
+        started.release()
+        release.wait(60)
+        raise gr.Error("released", print_exception=False)
+
+    monkeypatch.setattr(app, "_animate", busy)  # the server runs in this process
+    handle = gradio_client.handle_file
+    request = (handle(str(ASTRONAUT)), handle(str(REAL_SPEECH)), 1.0, 1.0, 15, 0, 256)
+    jobs = []
+    try:
+        jobs += [client.submit(*request, api_name="/generate") for _ in range(app.GENERATE_AT_ONCE)]
+        for _ in jobs:
+            assert started.acquire(timeout=30), "the first requests never started"
+        jobs += [client.submit(*request, api_name="/generate") for _ in range(app.QUEUE_SIZE)]
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{server}/gradio_api/queue/status").json()["queue_size"] < app.QUEUE_SIZE:
+            assert time.monotonic() < deadline, "the waiting requests never reached the queue"
+            time.sleep(0.1)
+        turned_away = client.submit(*request, api_name="/generate")
+        with pytest.raises(Exception, match="Queue is full"):
+            turned_away.result(timeout=20)
+    finally:
+        release.set()
+        for job in jobs:
+            with contextlib.suppress(Exception):
+                job.result(timeout=60)
+    assert httpx.get(f"{server}/gradio_api/queue/status").json()["queue_size"] == 0
 
 
 # ---------------------------------------------------------------------------------------------------- Live
