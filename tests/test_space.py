@@ -3,6 +3,7 @@ pyproject.toml and against what the runtime's compiled libraries load."""
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shutil
@@ -39,6 +40,20 @@ def test_requirements_txt_pins_the_runtime_and_app_dependencies_of_pyproject():
     # The Space runs the Gradio of README.md's front matter; the pin must be that one.
     sdk_version = re.search(r"^sdk_version: *(\S+)$", (ROOT / "README.md").read_text(), re.M).group(1)
     assert str(pinned["gradio"].specifier) == f"=={sdk_version}"
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout")
+def test_the_runtime_package_declares_its_data_files():
+    # A wheel carries a package's Python files; any other file the runtime reads must be declared package data.
+    # (The live player, web/live_player.js, belongs to the app and stays beside it.)
+    tracked = subprocess.run(["git", "ls-files", "teller_pipeline"], capture_output=True, text=True, cwd=ROOT,
+                             check=True).stdout.split()
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text()).get("tool", {}).get("setuptools", {})
+    patterns = [f"{package.replace('.', '/')}/{pattern}" for package, package_patterns
+                in declared.get("package-data", {}).items() for pattern in package_patterns]
+    undeclared = [path for path in tracked if not path.endswith(".py")
+                  and not any(fnmatch.fnmatch(path, pattern) for pattern in patterns)]
+    assert not undeclared, f"declare these in [tool.setuptools.package-data] of pyproject.toml: {undeclared}"
 
 
 # What a Python image of Debian has in any case (the C and C++ runtimes, zlib).
