@@ -235,9 +235,10 @@ def synthesise_mouth(mouth: SourceMouth, u: np.ndarray, a: np.ndarray, b: np.nda
     out += tongue_alpha[..., None] * (c["tongue"] * tongue_shade[..., None] - out)
     # teeth: lower ones (only when the jaw is well open, mostly hidden by the lower lip), then upper ones
     tooth, within, to_edge = tooth_pattern(np.abs(s), width)
-    # lower teeth sit deeper in the mouth, in the upper teeth's shadow: a little darker
-    rows = [("lower", b, 0.88)] + ([] if mouth.has_teeth else [("upper", a, 1.0)])
-    for name, dist, brightness in rows:
+    # lower teeth sit deeper in the mouth, in the upper teeth's shadow: a little darker; lit from above, they get
+    # no shadow from the lower lip (a shaded lower row read as a grey band, and the landmarker took it for lip)
+    rows = [("lower", b, 0.92, False)] + ([] if mouth.has_teeth else [("upper", a, 1.0, True)])
+    for name, dist, brightness, lip_shadow in rows:
         if name == "upper":
             height = np.minimum(cfg.upper_teeth_height * width, cfg.upper_teeth_max_fraction * gap)
             arch = np.sqrt(np.clip(1 - (s / 0.97) ** 2, 0, 1))
@@ -250,9 +251,10 @@ def synthesise_mouth(mouth: SourceMouth, u: np.ndarray, a: np.ndarray, b: np.nda
             continue
         teeth_alpha = np.clip(length - dist + 0.5, 0, 1)
         shade = brightness * (1.0 - 0.05 * tooth) * (1 - 0.4 * corner)
-        # faint separations between the front teeth; the lip shades the teeth next to it
+        # faint separations between the front teeth; the upper lip shades the teeth next to it
         shade = shade * (1 - 0.15 * np.exp(-((to_edge / 0.45) ** 2)) * (tooth < 4))
-        shade = shade * (0.75 + 0.25 * smoothstep(dist / max(cfg.lip_shadow * width, 1e-3)))
+        if lip_shadow:
+            shade = shade * (0.75 + 0.25 * smoothstep(dist / max(cfg.lip_shadow * width, 1e-3)))
         # shadows on teeth are warm (light bounced off lips and gums): darken blue more than red
         tinted = c["teeth"] * shade[..., None] ** np.array([1.0, 1.2, 1.45], np.float32)
         out += teeth_alpha[..., None] * (tinted - out)
