@@ -16,6 +16,8 @@ Channels are always averaged, (L + R) / 2, in numpy: FFmpeg's own stereo → mon
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -24,6 +26,8 @@ import av
 import numpy as np
 
 SAMPLE_RATE = 16000
+# The highest rate audio hardware and formats use; FFmpeg's resampler fails on far higher ones (out of memory).
+MAX_SAMPLE_RATE = 768_000
 
 # More channels than this in the second axis means the array is almost certainly (channels, samples).
 _MAX_CHANNELS = 64
@@ -43,6 +47,14 @@ def _to_float(samples: np.ndarray) -> np.ndarray:
         offset = half if a.dtype.kind == "u" else 0.0  # unsigned PCM (8-bit wav) is centred on 2^(bits-1)
         return ((a.astype(np.float64) - offset) / half).astype(np.float32)
     raise AudioError(f"audio samples must be integer or float, not {a.dtype}")
+
+
+def _require_finite(samples: np.ndarray, name: str) -> None:
+    """NaN or infinite samples (a broken float recording or computation) would turn the whole speech window into
+    NaN features; refuse them by name instead."""
+    bad = samples.size - int(np.isfinite(samples).sum())
+    if bad:
+        raise AudioError(f"{name} holds {bad} NaN or infinite sample{'s' if bad > 1 else ''}; audio must be finite")
 
 
 def _downmix(a: np.ndarray) -> np.ndarray:
@@ -71,12 +83,14 @@ class StreamingResampler:
         self._rate: int | None = None
         self._pts = 0
 
-    def push(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
-        """Feed one chunk ((n,) or (n, channels), int or float); returns the 16 kHz samples now ready."""
+    def push(self, samples: np.ndarray, sample_rate: int, name: str = "the audio chunk") -> np.ndarray:
+        """Feed one chunk ((n,) or (n, channels), int or float); returns the 16 kHz samples now ready. A chunk that
+        cannot be used raises `AudioError` before anything changes, so the stream can go on with the next one."""
         sample_rate = int(sample_rate)
-        if sample_rate <= 0:
-            raise AudioError(f"sample rate must be positive, got {sample_rate}")
+        if not 0 < sample_rate <= MAX_SAMPLE_RATE:
+            raise AudioError(f"sample rate must be between 1 and {MAX_SAMPLE_RATE} Hz, got {sample_rate}")
         mono = _downmix(_to_float(samples))
+        _require_finite(mono, name)
         out = []
         if sample_rate != self._rate:
             out.append(self.flush())
@@ -107,10 +121,10 @@ def _join(pieces: list[np.ndarray]) -> np.ndarray:
     return np.clip(np.concatenate(pieces).astype(np.float32, copy=False), -1.0, 1.0)
 
 
-def to_mono_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+def to_mono_16k(samples: np.ndarray, sample_rate: int, name: str = "the audio") -> np.ndarray:
     """Any dtype (int16/int32/uint8/float), (n,) or (n, channels), any rate → float32 mono 16 kHz."""
     resampler = StreamingResampler()
-    return np.concatenate([resampler.push(samples, sample_rate), resampler.flush()])
+    return np.concatenate([resampler.push(samples, sample_rate, name), resampler.flush()])
 
 
 def _too_long(name: str, seconds: float | None, max_seconds: float) -> AudioError:
@@ -164,11 +178,19 @@ def _load_file(path: Path, max_seconds: float | None) -> np.ndarray:
         except av.error.FFmpegError as e:
             raise AudioError(f"{path} is corrupt: its audio could not be decoded ({e.strerror})") from e
     audio = _join(out)
+    _require_finite(audio, str(path))
     if duration is not None and "mp4" in container.format.name:
         # mp4/m4a state the exact length (edit list); FFmpeg trims the AAC encoder's leading priming but not
         # its trailing padding (up to ~40 ms).
         audio = audio[: round(duration * SAMPLE_RATE)]
     return audio
+
+
+def _sample_rate(value: object) -> int:
+    """A sample rate given with an array: a whole number of Hz, positive and finite."""
+    if isinstance(value, numbers.Real) and math.isfinite(value) and value == int(value) and value > 0:
+        return int(value)
+    raise AudioError(f"sample rate must be a positive whole number of Hz, got {value!r}")
 
 
 def load_audio(
@@ -181,16 +203,20 @@ def load_audio(
     Raises `AudioError` for a missing, corrupt or non-audio file, or one longer than `max_seconds` (checked
     from the header before decoding when the header knows the duration). Empty audio gives an empty array.
     """
+    if source is None:
+        raise AudioError("no audio was given (audio=None): pass a speech file, (sample_rate, samples) or an array")
     if isinstance(source, (str, os.PathLike)):
         return _load_file(Path(source), max_seconds)
     if isinstance(source, tuple):
         if len(source) != 2:
             raise AudioError(f"audio tuple must be (sample_rate, samples), got {len(source)} items")
-        sample_rate, samples = int(source[0]), np.asarray(source[1])
+        sample_rate, samples = _sample_rate(source[0]), np.asarray(source[1])
         name = "audio input"
     else:
         sample_rate, samples = SAMPLE_RATE, np.asarray(source)
         name = "audio array"
-    if max_seconds is not None and sample_rate > 0 and len(samples) / sample_rate > max_seconds:
+    if samples.ndim == 0:
+        raise AudioError(f"{name} must be an array of samples, got a single value {samples!r}")
+    if max_seconds is not None and len(samples) / sample_rate > max_seconds:
         raise _too_long(name, len(samples) / sample_rate, max_seconds)
-    return to_mono_16k(samples, sample_rate)
+    return to_mono_16k(samples, sample_rate, name)

@@ -5,6 +5,8 @@ Kept free of heavy imports so that the CLI's `--help` stays instant.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 
@@ -32,13 +34,38 @@ class GenerationControls:
     head_smoothing: float = 0.3
 
     def validate(self) -> None:
-        if self.head_motion_scale < 0 or self.expression_scale < 0:
-            raise ValueError("head_motion_scale and expression_scale must be ≥ 0")
-        if self.blinks_per_minute < 0 or self.blinks_per_minute > 120:
-            raise ValueError("blinks_per_minute must be between 0 and 120")
-        if self.top_k < 1:
-            raise ValueError("top_k must be ≥ 1")
-        if self.temperature < 0:
-            raise ValueError("temperature must be ≥ 0 (0 = greedy)")
-        if not 0 <= self.head_smoothing <= 2:
-            raise ValueError("head_smoothing must be between 0 and 2 seconds")
+        """Raise a `ValueError` naming the first setting that is not usable (not a number, NaN, infinite or out of
+        range), and reduce the seed into the generator's range (any integer is a seed)."""
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        self.seed = int(self.seed) % SEED_RANGE
+        _check_number("head_motion_scale", self.head_motion_scale, 0, MAX_SCALE)
+        _check_number("expression_scale", self.expression_scale, 0, MAX_SCALE)
+        _check_number("blinks_per_minute", self.blinks_per_minute, 0, 120)
+        _check_number("breathing", self.breathing, 0, MAX_SCALE)
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, numbers.Integral) or self.top_k < 1:
+            raise ValueError(f"top_k must be an integer ≥ 1, got {self.top_k!r}")
+        _check_number("temperature", self.temperature, 0, None, "0 = greedy")
+        if self.silence_threshold_db is not None:
+            _check_number("silence_threshold_db", self.silence_threshold_db, None, 0, "dBFS; None turns it off")
+        _check_number("head_smoothing", self.head_smoothing, 0, 2, "seconds")
+
+
+# torch.Generator takes a 64-bit seed: any integer (negative, huge) is reduced modulo 2**64, so every seed that
+# fits, 0 to 2**64 - 1, is used as it is, and -1 means 2**64 - 1.
+SEED_RANGE = 2**64
+# Motion scaled further than this tears the face apart; the app's sliders stop at 2.
+MAX_SCALE = 10.0
+
+
+def _check_number(name: str, value: object, low: float | None, high: float | None, note: str = "") -> None:
+    """`value` must be a finite real number within [low, high] (None: unbounded)."""
+    hint = f" ({note})" if note else ""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number{hint}, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number{hint}, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"between {low:g} and {high:g}" if low is not None and high is not None else (
+            f"≥ {low:g}" if low is not None else f"≤ {high:g}")
+        raise ValueError(f"{name} must be {bounds}{hint}, got {value!r}")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
@@ -33,11 +35,20 @@ from .models.motion_generator import MotionGenerator  # noqa: F401
 from .models.motion_tokenizer import MotionTokenizer  # noqa: F401
 from .models.renderer import GeometricRenderer  # noqa: F401
 from .models.temporal_refiner import TemporalRefiner  # noqa: F401
-from .streaming import FPS, SLICE_SAMPLES, TellerSession
+from .streaming import FPS, SLICE_SAMPLES, TellerSession, num_video_frames
 from .video import write_mp4
 
 FACE_LANDMARKER_FOLDER = "face_landmarker"
 MIN_IMAGE_SIDE = 32
+# Photos up to 40 megapixels are read (decoded, 120 MB); larger ones are refused from their header, before decoding
+# (a 519 KB PNG can declare 13000x13000 pixels, 500 MB decoded).
+MAX_IMAGE_PIXELS = 40_000_000
+# `max_size` (longest side of the video): below 128 pixels a face is too small to find and animate; above 4096 every
+# frame takes 50 MB and a CPU seconds.
+MIN_OUTPUT_SIZE, MAX_OUTPUT_SIZE = 128, 4096
+# An in-memory call (no `output_path`) keeps every frame: beyond 2 GiB of frames it is refused before any frame is
+# generated (60 s at 512x600 is 1.4 GB); `output_path` writes the video while generating, in constant memory.
+MAX_IN_MEMORY_FRAME_BYTES = 2 * 1024**3
 
 
 class ImageError(ValueError):
@@ -79,27 +90,76 @@ class TellerPipelineOutput(BaseOutput):
 
 
 def load_image(image: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
-    """A path, PIL image or array → RGB uint8 array, EXIF orientation applied."""
+    """A path, PIL image or array → RGB uint8 array, EXIF orientation applied.
+
+    A file's pixel count is checked from its header before it is decoded (`MAX_IMAGE_PIXELS`). Anything that is not
+    a usable photo raises `ImageError` naming it and saying why.
+    """
+    if image is None:
+        raise ImageError("no image was given (image=None): pass a portrait's path, a PIL image or an RGB array")
     if isinstance(image, np.ndarray):
-        array = image
-        if array.ndim == 2:
-            array = np.repeat(array[..., None], 3, -1)
-        if array.ndim != 3 or array.shape[-1] not in (3, 4):
-            raise ImageError(f"an image array must be (H, W, 3) or (H, W, 4), not {array.shape}")
-        if array.dtype != np.uint8:
-            array = np.clip(array * (255 if array.max() <= 1.0 else 1), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(array[..., :3])
-    if not isinstance(image, Image.Image):
-        path = Path(image)
-        if not path.is_file():
-            raise ImageError(f"{path}: no such image file")
-        try:
-            with Image.open(path) as opened:
-                return np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-            raise ImageError(f"{path}: not a readable image ({error})") from error
-    image = ImageOps.exif_transpose(image)
-    return np.asarray(image.convert("RGB"))
+        return _array_to_rgb(image)
+    if isinstance(image, Image.Image):
+        _check_pixel_count(image.size, "the photo")  # a lazily opened image is not decoded yet
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    if not isinstance(image, str | os.PathLike):
+        raise ImageError(f"image must be a file path, a PIL image or an array, not {type(image).__name__}")
+    path = Path(image)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such image file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path} is an empty file (0 bytes), not an image")
+    try:
+        with Image.open(path) as opened:  # reads the header only
+            _check_pixel_count(opened.size, str(path))
+            return np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
+    except Image.DecompressionBombError as error:  # PIL's own, far higher limit, checked while opening
+        raise ImageError(f"{path} is too large a photo ({error})") from error
+    except UnidentifiedImageError as error:
+        kind = _media_kind(path)
+        if kind is not None:
+            raise ImageError(f"{path} is {kind}, not a photo: use a still image (PNG, JPEG, WebP...)") from error
+        raise ImageError(f"{path} is not an image file (PNG, JPEG, WebP...) or is corrupt") from error
+    except (OSError, ValueError, SyntaxError) as error:  # truncated or malformed data found while decoding
+        raise ImageError(f"{path}: not a readable image ({error})") from error
+
+
+def _check_pixel_count(size: tuple[int, int], name: str) -> None:
+    width, height = size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageError(
+            f"{name} is {width}x{height} pixels ({width * height / 1e6:.0f} MP); the limit is "
+            f"{MAX_IMAGE_PIXELS / 1e6:g} MP: downscale it first"
+        )
+
+
+def _array_to_rgb(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, -1)
+    if array.ndim != 3 or array.shape[-1] not in (3, 4) or array.size == 0:
+        raise ImageError(f"an image array must be (H, W, 3) or (H, W, 4), not {array.shape}")
+    _check_pixel_count((array.shape[1], array.shape[0]), "the image array")
+    if array.dtype.kind not in "biuf":
+        raise ImageError(f"an image array must hold numbers, not {array.dtype}")
+    if array.dtype != np.uint8:
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ImageError("the image array holds NaN or infinite values")
+        array = np.clip(array * (255 if array.max() <= 1.0 else 1), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(array[..., :3])
+
+
+def _media_kind(path: Path) -> str | None:
+    """"a video" or "a sound file" when FFmpeg reads `path` as one (a file PIL could not open), else None."""
+    try:
+        with av.open(str(path)) as container:
+            # FFmpeg reads still images too (its image2 and *_pipe demuxers): those are broken photos, not videos.
+            if container.format.name == "image2" or container.format.name.endswith("_pipe"):
+                return None
+            if container.streams.video:
+                return "a video"
+            return "a sound file" if container.streams.audio else None
+    except (av.error.FFmpegError, UnicodeDecodeError):
+        return None
 
 
 def _downscale(image: np.ndarray, max_size: int) -> np.ndarray:
@@ -202,13 +262,14 @@ class TellerPipeline(DiffusionPipeline):
     ) -> PreparedSource:
         """Read the photo, find the face, and precompute everything the session reuses every frame."""
         name = str(image) if isinstance(image, str | os.PathLike) else "the photo"
+        max_size = self._output_size(max_size)
         array = load_image(image)
         if min(array.shape[:2]) < MIN_IMAGE_SIDE:
             raise ImageError(
                 f"{name} is {array.shape[1]}x{array.shape[0]} pixels; a portrait needs at least "
                 f"{MIN_IMAGE_SIDE} pixels on each side"
             )
-        array = _downscale(array, max_size or self.config.max_image_size)
+        array = _downscale(array, max_size)
         faces = self.face_analyzer.detect(array)
         face = select_largest_face(faces, name)
         source = self.motion_encoder.close_lips(self.motion_encoder.encode_source(face.points, face.image_size))
@@ -222,6 +283,18 @@ class TellerPipeline(DiffusionPipeline):
             render_state=self.renderer.prepare(array, face.points),
             num_faces=len(faces),
         )
+
+    def _output_size(self, max_size: int | None) -> int:
+        """`max_size` checked (None: the pipeline's `max_image_size`)."""
+        if max_size is None:
+            return self.config.max_image_size
+        if isinstance(max_size, bool) or not isinstance(max_size, numbers.Integral):
+            raise ValueError(f"max_size must be a whole number of pixels, got {max_size!r}")
+        if not MIN_OUTPUT_SIZE <= max_size <= MAX_OUTPUT_SIZE:
+            raise ValueError(
+                f"max_size must be between {MIN_OUTPUT_SIZE} and {MAX_OUTPUT_SIZE} pixels, got {max_size}"
+            )
+        return int(max_size)
 
     # ------------------------------------------------------------------ streaming
     def start_session(
@@ -291,15 +364,25 @@ class TellerPipeline(DiffusionPipeline):
                 generator itself closes the mouth in pauses); None = always as generated.
             head_smoothing: time constant (s) of a causal, critically damped low-pass on head motion; 0 = as
                 generated.
-            output_path: write the MP4 there while generating instead of keeping frames in memory.
+            output_path: write the MP4 there while generating instead of keeping frames in memory. Without it,
+                a video whose frames would take more than `MAX_IN_MEMORY_FRAME_BYTES` (2 GiB) is refused before
+                any frame is generated.
+
+        Any setting that is not usable (NaN, infinite, negative, out of range) raises a `ValueError` naming it
+        before any work; a seed may be any integer (reduced modulo 2**64).
         """
-        samples = load_audio(audio, max_seconds=self.config.max_audio_seconds)
-        session = self.start_session(
-            self.prepare_source(image, max_size),
+        controls = GenerationControls(
             seed=seed, head_motion_scale=head_motion_scale, expression_scale=expression_scale,
             blinks_per_minute=blinks_per_minute, breathing=breathing, top_k=top_k, temperature=temperature,
             silence_threshold_db=silence_threshold_db, head_smoothing=head_smoothing,
         )
+        controls.validate()
+        self._output_size(max_size)
+        samples = load_audio(audio, max_seconds=self.config.max_audio_seconds)
+        session = self.start_session(self.prepare_source(image, max_size), **vars(controls))
+        num_frames = num_video_frames(len(samples), self.config.min_video_seconds)
+        if output_path is None:
+            _check_in_memory_size(num_frames, session.source.image.shape)
         num_slices = -(-max(len(samples), 1) // SLICE_SAMPLES)
 
         def frames() -> Iterator[np.ndarray]:
@@ -314,9 +397,25 @@ class TellerPipeline(DiffusionPipeline):
             path = write_mp4(output_path, frames(), FPS, padded_audio, SAMPLE_RATE)
             result = TellerPipelineOutput(None, FPS, padded_audio, SAMPLE_RATE, str(path))
         else:
-            result = TellerPipelineOutput(np.stack(list(frames())), FPS, padded_audio, SAMPLE_RATE)
+            # Filled in place: a list of frames stacked at the end would need twice the memory.
+            video = np.empty((num_frames, *session.source.image.shape), np.uint8)
+            count = 0
+            for count, frame in enumerate(frames(), 1):
+                video[count - 1] = frame
+            result = TellerPipelineOutput(video[:count], FPS, padded_audio, SAMPLE_RATE)
         self.maybe_free_model_hooks()
         return result if return_dict else (result.frames, result.fps, result.audio)
+
+
+def _check_in_memory_size(num_frames: int, frame_shape: tuple[int, ...]) -> None:
+    size = num_frames * int(np.prod(frame_shape))
+    if size > MAX_IN_MEMORY_FRAME_BYTES:
+        height, width = frame_shape[:2]
+        raise ValueError(
+            f"the video would keep {num_frames} frames of {width}x{height} in memory ({size / 1024**3:.1f} GiB), "
+            f"more than the {MAX_IN_MEMORY_FRAME_BYTES / 1024**3:g} GiB an in-memory call may use: pass "
+            "output_path= to write the MP4 while generating, or a smaller max_size"
+        )
 
 
 def _own_aligned_memory(pipe: DiffusionPipeline) -> None:

@@ -55,6 +55,11 @@ def _render_all(renderer, state, landmarks) -> list[np.ndarray]:
     return list(_render_pool.map(lambda points: renderer.render(state, points), landmarks))
 
 
+def num_video_frames(num_samples: int, min_video_seconds: float) -> int:
+    """Frames of the video for `num_samples` of 16 kHz speech: 25 a second, at least `min_video_seconds`."""
+    return int(round(max(num_samples / SAMPLE_RATE, min_video_seconds) * FPS))
+
+
 def slice_windows(audio: np.ndarray, window_samples: int, lookahead_samples: int) -> np.ndarray:
     """The audio window of every slice of an utterance, (S, window + lookahead), zero-padded at the ends.
 
@@ -157,8 +162,7 @@ class TellerSession:
     @property
     def total_frames(self) -> int:
         """Frames the finished video will have."""
-        seconds = max(self.samples_received / SAMPLE_RATE, self.pipe.min_video_seconds)
-        return int(round(seconds * FPS))
+        return num_video_frames(self.samples_received, self.pipe.min_video_seconds)
 
     # ------------------------------------------------------------------ per slice
     def _render_ready_slices(self, final: bool) -> list[np.ndarray]:
