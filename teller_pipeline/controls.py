@@ -54,7 +54,8 @@ class GenerationControls:
 # torch.Generator takes a 64-bit seed: any integer (negative, huge) is reduced modulo 2**64, so every seed that
 # fits, 0 to 2**64 - 1, is used as it is, and -1 means 2**64 - 1.
 SEED_RANGE = 2**64
-# Motion scaled further than this tears the face apart; the app's sliders stop at 2.
+# The app's sliders stop at 2; at 10 the face is already grotesque (expression: the mouth gapes), and far larger
+# scales overflow the geometry (head motion ×1e6 fails inside the renderer with NaN coordinates).
 MAX_SCALE = 10.0
 
 
