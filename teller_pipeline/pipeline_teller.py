@@ -270,7 +270,7 @@ class TellerPipeline(DiffusionPipeline):
                 f"{MIN_IMAGE_SIDE} pixels on each side"
             )
         array = _downscale(array, max_size)
-        faces = self.face_analyzer.detect(array)
+        faces = self.face_analyzer.detect(array, small_faces=True)  # a group photo's faces can be small
         face = select_largest_face(faces, name)
         source = self.motion_encoder.close_lips(self.motion_encoder.encode_source(face.points, face.image_size))
         canonical_kp = source.canonical_keypoints
