@@ -13,12 +13,14 @@ TELLER_MAX_SPEECH_SECONDS (longest speech the Generate tab accepts), TELLER_QUEU
 # ZeroGPU patches torch when `spaces` is imported, so it must come before anything that imports torch.
 import spaces  # isort: skip
 
+import atexit
 import contextlib
 import importlib.util
 import logging
 import os
 import queue
 import shutil
+import signal
 import tempfile
 import time
 import warnings
@@ -28,6 +30,8 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import torch
+from gradio import processing_utils
+from gradio.data_classes import ImageData
 
 from app_live import FramesAndVoice, LiveServer, live_frames, visitor_errors
 from teller_pipeline import HUB_MODEL_ID, TellerPipeline
@@ -55,6 +59,9 @@ OUTPUT_MIN_SIZE, OUTPUT_MAX_SIZE, OUTPUT_SIZE_STEP = 256, 1024, 128
 OUTPUT_DEFAULT_SIZE = 512
 # Gradio 6.31's microphone sends 0.1 s chunks whatever `stream_every` asks for (its frontend fixes it); say so.
 CHUNK_SECONDS = 0.1
+# Largest file a visitor may upload: a 40 MP photo (the pipeline's limit) or a minute of uncompressed stereo speech
+# fits well below it.
+MAX_UPLOAD_SIZE = "50mb"
 # Serve the Generate tab as an MCP tool too, where Gradio's `mcp` extra is installed.
 MCP_SERVER = importlib.util.find_spec("mcp") is not None
 
@@ -103,6 +110,13 @@ def _animate(portrait: str, speech: np.ndarray, controls: dict, max_size: int, o
 OUTPUTS = Path(tempfile.mkdtemp(prefix="teller-outputs-"))
 
 
+@atexit.register
+def _remove_outputs(owner: int = os.getpid()) -> None:
+    """The results folder goes when the app exits (not when a forked ZeroGPU worker does: it is the app's)."""
+    if os.getpid() == owner:
+        shutil.rmtree(OUTPUTS, ignore_errors=True)
+
+
 def generate(
     portrait: str | None,
     speech: str | None,
@@ -135,11 +149,15 @@ def generate(
     if not speech:
         raise gr.Error("Please add some speech: upload a file or record with the microphone.", print_exception=False)
     _remove_old_files(OUTPUTS, max_age=3600)
-    controls = dict(seed=int(seed), head_motion_scale=head_motion, expression_scale=expression,
+    # The seed box holds whole numbers, but API callers may send 7.0; the pipeline refuses anything else by name.
+    seed = int(seed) if isinstance(seed, float) and seed.is_integer() else seed
+    controls = dict(seed=seed, head_motion_scale=head_motion, expression_scale=expression,
                     blinks_per_minute=blinks_per_minute)
     with visitor_errors(max_speech_seconds=MAX_SPEECH_SECONDS):
+        GenerationControls(**controls).validate()  # before the speech is decoded
         samples = load_audio(speech, max_seconds=MAX_SPEECH_SECONDS)
-        output = tempfile.mkstemp(suffix=".mp4", prefix="teller-", dir=OUTPUTS)[1]
+        handle, output = tempfile.mkstemp(suffix=".mp4", prefix="teller-", dir=OUTPUTS)
+        os.close(handle)  # the video is written by name
         return _animate(portrait, samples, controls, int(output_size), output)
 
 
@@ -170,10 +188,26 @@ live = LiveServer(pipe, _live_frames, seconds=LIVE_SECONDS, across_processes=ZER
 
 
 # ------------------------------------------------------------------------------------------------------ layout
+def _portrait_input(**options) -> gr.Image:
+    """Gradio's image input, except that the uploaded file reaches the pipeline undecoded. `gr.Image` opens (and may
+    convert) every upload first: a file that is not a photo then fails with a bare "Error", and a huge one is decoded
+    whole. The pipeline checks the pixel count from the header and says what is wrong with the file. (Replaced on the
+    instance: a subclass of a Gradio component makes Gradio write a type stub next to this file.)"""
+    image = gr.Image(type="filepath", **options)
+
+    def preprocess(payload: ImageData | None) -> str | None:
+        if payload is None:
+            return None
+        if payload.url and payload.url.startswith("data:"):  # API callers may send the photo inline
+            return processing_utils.save_base64_to_cache(payload.url, image.GRADIO_CACHE)
+        return payload.path
+
+    image.preprocess = preprocess
+    return image
+
+
 def _model_card_url() -> str:
-    card = Path(CHECKPOINT) / "README.md"
-    if card.is_file() and not os.environ.get("SPACE_ID"):
-        return f"/gradio_api/file={card}"
+    """The model card on the Hub: a link to the checkpoint's own README would show the server's checkout path."""
     return f"https://huggingface.co/{MODEL_ID}"
 
 
@@ -229,8 +263,8 @@ with gr.Blocks(title="Teller: make a portrait speak", delete_cache=(3600, 3600))
         with gr.Tab("Generate", id="generate"):
             with gr.Row(equal_height=False):
                 with gr.Column():
-                    portrait = gr.Image(label="Portrait", type="filepath", sources=["upload", "webcam", "clipboard"],
-                                        height=320)
+                    portrait = _portrait_input(label="Portrait", sources=["upload", "webcam", "clipboard"],
+                                               height=320)
                     speech = gr.Audio(label="Speech", type="filepath", sources=["upload", "microphone"])
                     with gr.Accordion("Settings", open=False):
                         head_motion, expression, blinks = _controls()
@@ -266,8 +300,8 @@ with gr.Blocks(title="Teller: make a portrait speak", delete_cache=(3600, 3600))
         with gr.Tab("Live", id="live"):
             with gr.Row(equal_height=False):
                 with gr.Column():
-                    live_portrait = gr.Image(label="Portrait", type="filepath",
-                                             sources=["upload", "webcam", "clipboard"], height=320)
+                    live_portrait = _portrait_input(label="Portrait", sources=["upload", "webcam", "clipboard"],
+                                                    height=320)
                     gr.Examples(PORTRAITS, inputs=live_portrait, label="Portraits")
                     with gr.Accordion("Settings", open=False):
                         live_head, live_expression, live_blinks = _controls()
@@ -298,10 +332,13 @@ with gr.Blocks(title="Teller: make a portrait speak", delete_cache=(3600, 3600))
     demo.unload(live.visitor_left)
 demo.queue(max_size=QUEUE_SIZE)
 
-LAUNCH_OPTIONS = dict(theme=gr.themes.Soft(), allowed_paths=[str(EXAMPLES), str(Path(CHECKPOINT) / "README.md")],
-                      mcp_server=MCP_SERVER)
+LAUNCH_OPTIONS = dict(theme=gr.themes.Soft(), allowed_paths=[str(EXAMPLES)], mcp_server=MCP_SERVER,
+                      max_file_size=MAX_UPLOAD_SIZE)
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     logger.setLevel(os.environ.get("TELLER_LOG_LEVEL", "INFO"))
+    # A stop request (SIGTERM, as from a process manager) ends the app as Ctrl-C does: Gradio closes its server and
+    # deletes its cached files, and the results folder goes with the process.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     demo.launch(**LAUNCH_OPTIONS)

@@ -11,11 +11,11 @@ import contextlib
 import logging
 import multiprocessing
 import queue
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -36,9 +36,14 @@ FramesAndVoice = tuple[np.ndarray, np.ndarray, int]
 
 
 # ---------------------------------------------------------------------------------------------- visitor errors
+# An absolute path anywhere in a message (also quoted or in brackets, as library errors put them): the server's folders
+# are nobody's business, and a visitor's own file name is its last part.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w/.])/(?:[^\s/'\"()\[\]]+/)*([^\s/'\"()\[\]]+)")
+
+
 def _short(message: str) -> str:
-    """Visitors' files arrive as long temporary paths; their own file name is the last part."""
-    return " ".join(Path(word).name if word.startswith("/") else word for word in message.split(" "))
+    """`message` with every absolute path cut to its file name."""
+    return _ABSOLUTE_PATH.sub(r"\1", message)
 
 
 @contextlib.contextmanager
@@ -194,8 +199,12 @@ def live_frames(
                 ended = True
                 break
             rate, samples = chunk
+            try:
+                frames += session.push(samples, rate)
+            except AudioError as error:  # a broken chunk (NaN samples, a bad rate): dropped, the session goes on
+                logger.warning("live: a microphone chunk was dropped: %s", error)
+                continue
             voice.add(samples, rate)
-            frames += session.push(samples, rate)
         if frames:
             yield np.stack(frames), voice.take(len(frames)), voice.rate
     frames = session.finish()

@@ -113,6 +113,8 @@ def load_image(image: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarra
         with Image.open(path) as opened:  # reads the header only
             _check_pixel_count(opened.size, str(path))
             return np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
+    except ImageError:
+        raise
     except Image.DecompressionBombError as error:  # PIL's own, far higher limit, checked while opening
         raise ImageError(f"{path} is too large a photo ({error})") from error
     except UnidentifiedImageError as error:
