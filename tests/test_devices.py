@@ -37,14 +37,21 @@ _HERE = Path(__file__)
 _REAL_GENERATOR = torch.Generator
 
 
-class _MetaGenerator:
-    """Stands in for `torch.Generator(device="meta")`, which torch cannot make; carries its device for the guard."""
+class _MetaGenerator(_REAL_GENERATOR):
+    """Stands in for `torch.Generator(device="meta")`, which torch cannot make: a CPU generator that reports `meta`
+    (the guard checks the device, then samples without it; meta tensors hold no numbers to draw)."""
+
+    def __new__(cls, device: str | torch.device = "cpu"):
+        generator = super().__new__(cls)
+        generator.fake_device = torch.device(device)
+        return generator
 
     def __init__(self, device: str | torch.device = "cpu"):
-        self.device = torch.device(device)
+        super().__init__()
 
-    def manual_seed(self, seed: int) -> _MetaGenerator:
-        return self
+    @property
+    def device(self) -> torch.device:
+        return self.fake_device
 
 
 def _generator(device: str | torch.device = "cpu"):
@@ -75,6 +82,10 @@ def _tensors(value):
 
 
 class NeuralDeviceGuard(TorchFunctionMode):
+    """Raises where a GPU run would fail (devices mixed in one operation, a generator on another device than its
+    tensors) or copy needlessly (a tensor made by the runtime on the default device); copies out of `meta` give
+    zeros."""
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in _FACTORIES and "device" not in kwargs:
@@ -99,7 +110,8 @@ class NeuralDeviceGuard(TorchFunctionMode):
             devices.add(torch.device(generator.device))
         if len(devices) > 1:
             path, line = _caller()
-            raise AssertionError(f"{path}:{line}: {getattr(func, '__name__', func)} mixes devices {sorted(map(str, devices))}")
+            name = getattr(func, "__name__", func)
+            raise AssertionError(f"{path}:{line}: {name} mixes devices {sorted(map(str, devices))}")
         if isinstance(generator, _MetaGenerator):
             kwargs = {k: v for k, v in kwargs.items() if k != "generator"}
         return func(*args, **kwargs)
@@ -125,9 +137,10 @@ def test_session_runs_with_the_neural_parts_off_the_cpu(meta_pipe, speech):
     with NeuralDeviceGuard():
         session = pipe.start_session(source, seed=3)
         assert session.torch_generator.device == DEVICE  # sampling draws where the probabilities are
+        audio = np.concatenate([speech, speech])[:64000]
         frames = []
-        for start in range(0, 64000, 2500):
-            frames += session.push(speech[start : start + 2500], 16000)
+        for start in range(0, len(audio), 2500):
+            frames += session.push(audio[start : start + 2500], 16000)
         frames += session.finish()
     assert len(frames) == 4 * FPS
     assert all(frame.shape == source.image.shape for frame in frames)
