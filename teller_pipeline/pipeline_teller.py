@@ -160,7 +160,6 @@ class TellerPipeline(DiffusionPipeline):
         cached nor downloadable raises `CheckpointNotFoundError` saying how to get it."""
         hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
         path = checkpoint_folder(pretrained_model_name_or_path, **hub_kwargs)
-        kwargs.setdefault("dtype", torch.float32)  # weights may be stored in fp16; CPUs want fp32
         pipe = super().from_pretrained(path, **kwargs)
         landmarker = path / FACE_LANDMARKER_FOLDER / FACE_LANDMARKER_FILENAME
         pipe.face_landmarker_path = landmarker if landmarker.is_file() else None

@@ -106,7 +106,7 @@ class TellerSession:
             self.generator_state = pipeline.motion_generator.start(prior)
         refiner_config = pipeline.temporal_refiner.config
         tokenizer = pipeline.motion_tokenizer
-        neutral = tokenizer.normalize(torch.zeros(refiner_config.motion_dim, device=tokenizer.device))
+        neutral = tokenizer.normalize(tokenizer.feature_mean.new_zeros(refiner_config.motion_dim))
         self.refined_context = neutral.expand(refiner_config.context_frames, -1).clone()
         # Audio kept: the newest samples still needed by future windows; `buffer_start` is the absolute
         # sample index of buffer[0].

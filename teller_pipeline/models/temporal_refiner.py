@@ -99,6 +99,6 @@ def refine_causally(
 ) -> torch.Tensor:
     """The refiner over a whole utterance (normalised coarse motion (T, 69), whisper frames (S, 10, 512)), slice
     by slice as `TellerSession` runs it, from rest."""
-    neutral = tokenizer.normalize(torch.zeros(refiner.config.motion_dim, device=tokenizer.device))
+    neutral = tokenizer.normalize(tokenizer.feature_mean.new_zeros(refiner.config.motion_dim))
     context = neutral.expand(refiner.config.context_frames, -1)
     return refiner.unroll(context[None], coarse[None], audio_features[None])[0]
