@@ -1,0 +1,9 @@
+"""`TellerAudioEncoder` for `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`: the class of the
+installed `teller_pipeline` package (pip install teller-pipeline), which is all this file runs."""
+
+try:
+    from teller_pipeline.models.audio_encoder import TellerAudioEncoder
+except ImportError as error:
+    raise ImportError("this checkpoint runs on the teller_pipeline package: pip install teller-pipeline") from error
+
+__all__ = ["TellerAudioEncoder"]

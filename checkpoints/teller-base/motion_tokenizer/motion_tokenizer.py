@@ -1,0 +1,9 @@
+"""`MotionTokenizer` for `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`: the class of the
+installed `teller_pipeline` package (pip install teller-pipeline), which is all this file runs."""
+
+try:
+    from teller_pipeline.models.motion_tokenizer import MotionTokenizer
+except ImportError as error:
+    raise ImportError("this checkpoint runs on the teller_pipeline package: pip install teller-pipeline") from error
+
+__all__ = ["MotionTokenizer"]

@@ -1,0 +1,9 @@
+"""`GeometricRenderer` for `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`: the class of the
+installed `teller_pipeline` package (pip install teller-pipeline), which is all this file runs."""
+
+try:
+    from teller_pipeline.models.renderer import GeometricRenderer
+except ImportError as error:
+    raise ImportError("this checkpoint runs on the teller_pipeline package: pip install teller-pipeline") from error
+
+__all__ = ["GeometricRenderer"]
