@@ -37,13 +37,18 @@ _HERE = Path(__file__)
 _REAL_GENERATOR = torch.Generator
 
 
-class _MetaGenerator(_REAL_GENERATOR):
-    """Stands in for `torch.Generator(device="meta")`, which torch cannot make: a CPU generator that reports `meta`
-    (the guard checks the device, then samples without it; meta tensors hold no numbers to draw)."""
+class _GeneratorType(type(_REAL_GENERATOR)):
+    def __instancecheck__(cls, instance: object) -> bool:
+        return isinstance(instance, _REAL_GENERATOR)
+
+
+class _ReportedGenerator(_REAL_GENERATOR, metaclass=_GeneratorType):
+    """`torch.Generator` while a test runs: torch makes no generator for `meta`, so this is a CPU generator that
+    reports the device it was made for (for the guard to check; meta tensors hold no numbers to draw)."""
 
     def __new__(cls, device: str | torch.device = "cpu"):
         generator = super().__new__(cls)
-        generator.fake_device = torch.device(device)
+        generator.reported_device = torch.device(device)
         return generator
 
     def __init__(self, device: str | torch.device = "cpu"):
@@ -51,11 +56,7 @@ class _MetaGenerator(_REAL_GENERATOR):
 
     @property
     def device(self) -> torch.device:
-        return self.fake_device
-
-
-def _generator(device: str | torch.device = "cpu"):
-    return _MetaGenerator(device) if torch.device(device).type == "meta" else _REAL_GENERATOR(device)
+        return self.reported_device
 
 
 def _caller() -> tuple[str, int]:
@@ -112,8 +113,6 @@ class NeuralDeviceGuard(TorchFunctionMode):
             path, line = _caller()
             name = getattr(func, "__name__", func)
             raise AssertionError(f"{path}:{line}: {name} mixes devices {sorted(map(str, devices))}")
-        if isinstance(generator, _MetaGenerator):
-            kwargs = {k: v for k, v in kwargs.items() if k != "generator"}
         return func(*args, **kwargs)
 
 
@@ -126,7 +125,7 @@ def meta_pipe(monkeypatch):
     source = pipe.prepare_source(GRACE_HOPPER, max_size=256)  # face analysis: CPU, before anything moves
     for name in NEURAL_COMPONENTS:
         getattr(pipe, name).to(DEVICE)
-    monkeypatch.setattr(torch, "Generator", _generator)
+    monkeypatch.setattr(torch, "Generator", _ReportedGenerator)
     return pipe, source
 
 
