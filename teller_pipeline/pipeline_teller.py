@@ -42,7 +42,9 @@ from .video import write_mp4
 FACE_LANDMARKER_FOLDER = "face_landmarker"
 MIN_IMAGE_SIDE = 32
 PACKAGE = __name__.split(".")[0]
-INSTALL_COMMAND = "pip install teller-pipeline"  # the distribution pyproject.toml names
+# How to install the package a checkpoint runs on, in the project's source (it is not on PyPI; README: "Install it
+# elsewhere").
+INSTALL_COMMAND = "pip wheel . --no-deps -w dist && pip install dist/teller_pipeline-*.whl"
 # What a Hub repository stores with Git LFS (Xet): the weights, the face landmarker, the model card's pictures.
 GITATTRIBUTES = "".join(
     f"*.{extension} filter=lfs diff=lfs merge=lfs -text\n" for extension in ("safetensors", "task", "png", "jpg")
@@ -382,15 +384,21 @@ class TellerPipeline(DiffusionPipeline):
 
 
 def _loader_file(module: str, class_name: str) -> str:
-    return (
-        f'"""`{class_name}` for `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`: the class of the\n'
-        f'installed `{PACKAGE}` package ({INSTALL_COMMAND}), which is all this file runs."""\n\n'
-        "try:\n"
-        f"    from {module} import {class_name}\n"
-        "except ImportError as error:\n"
-        f'    raise ImportError("this checkpoint runs on the {PACKAGE} package: {INSTALL_COMMAND}") from error\n\n'
-        f'__all__ = ["{class_name}"]\n'
-    )
+    missing = [f"this checkpoint runs on the {PACKAGE} package; in the project's source: ", INSTALL_COMMAND]
+    return "\n".join([
+        f'"""`{class_name}` for `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`: the class of the',
+        f'installed `{PACKAGE}` package, which is all this file runs."""',
+        "",
+        "try:",
+        f"    from {module} import {class_name}",
+        "except ImportError as error:",
+        "    raise ImportError(",
+        *(f"        {json.dumps(part)}" for part in missing),
+        "    ) from error",
+        "",
+        f'__all__ = ["{class_name}"]',
+        "",
+    ])
 
 
 def _write_loader_files(folder: Path, pipeline_class: type) -> None:
