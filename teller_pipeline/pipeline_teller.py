@@ -186,7 +186,7 @@ class TellerPipeline(DiffusionPipeline):
         return pipe
 
     @classmethod
-    def load_config(cls, *args, **kwargs):
+    def load_config(cls, *args, **kwargs) -> dict | tuple:
         """diffusers' `load_config`, reading the repository's loader files as the package classes they import."""
         loaded = super().load_config(*args, **kwargs)
         _package_entries(loaded[0] if isinstance(loaded, tuple) else loaded)
