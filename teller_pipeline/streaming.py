@@ -75,7 +75,7 @@ def embed_slice_windows(
     """Whisper embeddings of each slice, (S, 10, 512), from its window (S, samples): a batch of windows
     through the encoder, keeping the 10 frames (200 ms) that end where the lookahead begins."""
     if len(windows) == 0:
-        return torch.zeros(0, frames_per_slice, encoder.config.d_model)
+        return torch.zeros(0, frames_per_slice, encoder.config.d_model, device=encoder.device)
     mel = torch.cat([log_mel(feature_extractor, w) for w in windows])
     mel = mel[..., : mel.shape[-1] // 2 * 2]
     with torch.inference_mode():
@@ -96,15 +96,17 @@ class TellerSession:
         self.window_samples = int(round(gen_config.audio_window_seconds * SAMPLE_RATE))
         self.lookahead_samples = int(round(gen_config.audio_lookahead_seconds * SAMPLE_RATE))
         self.resampler = StreamingResampler()
-        self.torch_generator = torch.Generator().manual_seed(self.controls.seed)
+        generator_model = pipeline.motion_generator
+        # Tokens are drawn where the generator's probabilities are: torch samples only with a generator on that
+        # device. Seeded sampling is reproducible per device (a GPU draws other numbers than the CPU).
+        self.torch_generator = torch.Generator(device=generator_model.device).manual_seed(self.controls.seed)
         self.idle = IdleMotion(self.controls.seed, FPS, self.controls.blinks_per_minute)
         with torch.inference_mode():
-            generator_model = pipeline.motion_generator
             prior = torch.from_numpy(source.identity_prior)[None].to(generator_model.device, generator_model.dtype)
             self.generator_state = pipeline.motion_generator.start(prior)
         refiner_config = pipeline.temporal_refiner.config
         tokenizer = pipeline.motion_tokenizer
-        neutral = tokenizer.normalize(torch.zeros(refiner_config.motion_dim, device=tokenizer.device))
+        neutral = tokenizer.normalize(tokenizer.feature_mean.new_zeros(refiner_config.motion_dim))
         self.refined_context = neutral.expand(refiner_config.context_frames, -1).clone()
         # Audio kept: the newest samples still needed by future windows; `buffer_start` is the absolute
         # sample index of buffer[0].
