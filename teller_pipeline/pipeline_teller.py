@@ -36,7 +36,7 @@ from .models.motion_generator import MotionGenerator  # noqa: F401
 from .models.motion_tokenizer import MotionTokenizer  # noqa: F401
 from .models.renderer import GeometricRenderer  # noqa: F401
 from .models.temporal_refiner import TemporalRefiner  # noqa: F401
-from .streaming import FPS, SLICE_SAMPLES, TellerSession
+from .streaming import FPS, SLICE_SAMPLES, TellerSession, torch_threads
 from .video import write_mp4
 
 FACE_LANDMARKER_FOLDER = "face_landmarker"
@@ -292,13 +292,15 @@ class TellerPipeline(DiffusionPipeline):
         self,
         image: str | os.PathLike | Image.Image | np.ndarray | PreparedSource,
         max_size: int | None = None,
+        num_threads: int | None = None,
         **controls,
     ) -> TellerSession:
         """A live session: `session.push(chunk, sample_rate)` returns frames as soon as they are ready,
         `session.finish()` the rest. Controls: see `GenerationControls`. Pass a `PreparedSource` to analyse
-        the photo once for several sessions."""
-        source = image if isinstance(image, PreparedSource) else self.prepare_source(image, max_size)
-        return TellerSession(self, source, GenerationControls(**controls))
+        the photo once for several sessions. `num_threads`: as in `__call__`, for every push and finish."""
+        with torch_threads(num_threads):
+            source = image if isinstance(image, PreparedSource) else self.prepare_source(image, max_size)
+            return TellerSession(self, source, GenerationControls(**controls), num_threads)
 
     def stream(
         self,
@@ -306,11 +308,13 @@ class TellerPipeline(DiffusionPipeline):
         audio_chunks: Iterable[np.ndarray | tuple[int, np.ndarray]],
         sample_rate: int = SAMPLE_RATE,
         max_size: int | None = None,
+        num_threads: int | None = None,
         **controls,
     ) -> Iterator[list[np.ndarray]]:
         """Yield lists of frames (25 fps) while audio chunks arrive; chunks are arrays at `sample_rate` or
-        `(rate, array)` tuples as Gradio's microphone gives them."""
-        session = self.start_session(image, max_size, **controls)
+        `(rate, array)` tuples as Gradio's microphone gives them. `num_threads`: as in `__call__`, set while the
+        model works on a chunk and restored before each yield."""
+        session = self.start_session(image, max_size, num_threads, **controls)
         for chunk in audio_chunks:
             rate, samples = chunk if isinstance(chunk, tuple) else (sample_rate, chunk)
             frames = session.push(np.asarray(samples), rate)
@@ -337,6 +341,7 @@ class TellerPipeline(DiffusionPipeline):
         head_smoothing: float = GenerationControls.head_smoothing,
         max_size: int | None = None,
         output_path: str | os.PathLike | None = None,
+        num_threads: int | None = None,
         return_dict: bool = True,
     ) -> TellerPipelineOutput | tuple:
         """Animate `image` with `audio`: the streaming session run to the end.
@@ -356,13 +361,17 @@ class TellerPipeline(DiffusionPipeline):
             head_smoothing: time constant (s) of a causal, critically damped low-pass on head motion; 0 = as
                 generated.
             output_path: write the MP4 there while generating instead of keeping frames in memory.
+            num_threads: torch intra-op threads for the model calls, set while they run and restored after (the
+                caller's setting is never changed). None: the package's default, `streaming.TORCH_THREADS` (1, or
+                the environment's `TELLER_TORCH_THREADS`), fastest for these small models on a machine shared with
+                other work; 0: torch's setting as the caller has it.
         """
         samples = load_audio(audio, max_seconds=self.config.max_audio_seconds)
         session = self.start_session(
             self.prepare_source(image, max_size),
             seed=seed, head_motion_scale=head_motion_scale, expression_scale=expression_scale,
             blinks_per_minute=blinks_per_minute, breathing=breathing, top_k=top_k, temperature=temperature,
-            silence_threshold_db=silence_threshold_db, head_smoothing=head_smoothing,
+            silence_threshold_db=silence_threshold_db, head_smoothing=head_smoothing, num_threads=num_threads,
         )
         num_slices = -(-max(len(samples), 1) // SLICE_SAMPLES)
 
