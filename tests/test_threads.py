@@ -117,3 +117,10 @@ def test_sessions_in_two_threads_at_once_each_keep_their_threads_count(pipe, spe
     assert after == own  # each thread got its own setting back
     assert {name for name, _ in seen} == set(own) and _counts(seen) == {streaming.TORCH_THREADS}
     assert torch.get_num_threads() == caller_threads  # and the test's own thread was never touched
+
+
+def test_frames_do_not_depend_on_the_thread_count(pipe, speech):
+    """The default changed torch's count for callers who never set it; what they get must not change with it."""
+    one, two = (pipe(ASTRONAUT, speech[:24000], seed=2, max_size=96, num_threads=n).frames for n in (1, 2))
+    assert len(one) == 38
+    assert all((a == b).all() for a, b in zip(one, two, strict=True))

@@ -112,7 +112,7 @@ def _speed(readme: Path | None) -> str:
     section = text.split("## Speed", 1)[1].split("\n## ", 1)[0]
     paragraphs = [p.strip() for p in section.split("\n\n")]
     keep = [p for p in paragraphs if p.startswith(("Machine:", "|", "Long run", "For comparison"))]
-    command = "Command: `python -m teller_recipe.benchmark.benchmark --threads 1` (see the project README)."
+    command = "Command: `python -m teller_recipe.benchmark.benchmark --repeats 2` (see the project README)."
     return "\n\n".join([*keep, command])
 
 
