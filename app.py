@@ -7,7 +7,8 @@ Gradio's `mcp` extra is installed, an MCP tool); the Live tab runs one streaming
 
 Settings (environment): TELLER_CHECKPOINT (folder or Hub id, default the bundled checkpoints/teller-base),
 TELLER_LIVE_SECONDS (time limit of a live session), TELLER_LIVE_SESSIONS (live sessions run at once),
-TELLER_MAX_SPEECH_SECONDS (longest speech the Generate tab accepts), TELLER_QUEUE_SIZE (requests that may wait).
+TELLER_MAX_SPEECH_SECONDS (longest speech the Generate tab accepts), TELLER_QUEUE_SIZE (requests that may wait);
+the pipeline's own TELLER_TORCH_THREADS and TELLER_RENDER_THREADS (`teller_pipeline.streaming`) set its thread use.
 """
 
 # ZeroGPU patches torch when `spaces` is imported, so it must come before anything that imports torch.
@@ -71,10 +72,6 @@ DEVICE = "cuda" if ZERO_GPU or torch.cuda.is_available() else "cpu"
 # Generate tab has its own limit, so a long live session never blocks it.
 LIVE_SESSIONS = int(os.environ.get("TELLER_LIVE_SESSIONS", 4 if DEVICE == "cuda" else 1))
 GENERATE_AT_ONCE = 2 if DEVICE == "cuda" else 1
-if DEVICE == "cpu":
-    # Measured on 2 shared cores: one intra-op thread ran a live slice 2-4x faster than two, whose threads spin
-    # against each other and against the renderer, ffmpeg and the web server.
-    torch.set_num_threads(int(os.environ.get("TELLER_TORCH_THREADS", 1)))
 
 # ---------------------------------------------------------------------------------------------------- the model
 # Only the neural parts go to the GPU: face analysis, the motion encoder and the renderer are numpy/MediaPipe

@@ -42,6 +42,7 @@ def _generate(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         max_size=args.max_size,
         output_path=args.output,
+        num_threads=args.num_threads,
     )
     done = time.perf_counter()
     seconds = len(output.audio) / output.sample_rate
@@ -76,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--top-k", type=int, default=DEFAULTS.top_k)
     gen.add_argument("--temperature", type=float, default=DEFAULTS.temperature)
     gen.add_argument("--max-size", type=int, default=None, help="longest side of the output (default 1024)")
+    gen.add_argument("--num-threads", type=int, default=None,
+                     help="torch threads for the model calls (default: the package's, 1 or $TELLER_TORCH_THREADS; "
+                     "0 = torch's own default)")
     gen.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     try:

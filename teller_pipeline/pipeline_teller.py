@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import numbers
 import os
 import shutil
@@ -15,6 +16,8 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
+from huggingface_hub import create_repo, hf_hub_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import rig
@@ -35,7 +38,7 @@ from .models.motion_generator import MotionGenerator  # noqa: F401
 from .models.motion_tokenizer import MotionTokenizer  # noqa: F401
 from .models.renderer import GeometricRenderer  # noqa: F401
 from .models.temporal_refiner import TemporalRefiner  # noqa: F401
-from .streaming import FPS, SLICE_SAMPLES, TellerSession, num_video_frames
+from .streaming import FPS, SLICE_SAMPLES, TellerSession, num_video_frames, torch_threads
 from .video import write_mp4
 
 FACE_LANDMARKER_FOLDER = "face_landmarker"
@@ -49,6 +52,14 @@ MIN_OUTPUT_SIZE, MAX_OUTPUT_SIZE = 128, 4096
 # An in-memory call (no `output_path`) keeps every frame: beyond 2 GiB of frames it is refused before any frame is
 # generated (60 s at 512x600 is 1.4 GB); `output_path` writes the video while generating, in constant memory.
 MAX_IN_MEMORY_FRAME_BYTES = 2 * 1024**3
+PACKAGE = __name__.split(".")[0]
+# How to install the package a checkpoint runs on, in the project's source (it is not on PyPI; README: "Install it
+# elsewhere").
+INSTALL_COMMAND = "pip wheel . --no-deps -w dist && pip install dist/teller_pipeline-*.whl"
+# What a Hub repository stores with Git LFS (Xet): the weights, the face landmarker, the model card's pictures.
+GITATTRIBUTES = "".join(
+    f"*.{extension} filter=lfs diff=lfs merge=lfs -text\n" for extension in ("safetensors", "task", "png", "jpg")
+)
 
 
 class ImageError(ValueError):
@@ -213,36 +224,89 @@ class TellerPipeline(DiffusionPipeline):
         )
         self.face_landmarker_path: Path | None = None
         self._face_analyzer: FaceAnalyzer | None = None
+        self.set_progress_bar_config(disable=True)
+        _own_aligned_memory(self)  # whichever loader built the components: this class's or DiffusionPipeline's
 
     # ------------------------------------------------------------------ loading and saving
+    # A checkpoint loads two ways. `TellerPipeline.from_pretrained` (this package imported) runs no code from the
+    # checkpoint. `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`, what a Hub page suggests, finds
+    # a class outside diffusers only in a `.py` file of the repository that `model_index.json` names as
+    # `[file, class]`, for the pipeline and for each component (`_write_loader_files`); each of those files only
+    # imports the class from the installed package.
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> TellerPipeline:
-        """Load from a local folder or a Hub repo id (downloaded with `snapshot_download` first, since
-        diffusers' own Hub path cannot resolve components that live in this package). A repo that is neither
-        cached nor downloadable raises `CheckpointNotFoundError` saying how to get it."""
+        """Load from a local folder or a Hub repo id; a repo is fetched whole with `snapshot_download` first (diffusers'
+        own download leaves out `face_landmarker/`, which is no component). A repo that is neither cached nor
+        downloadable raises `CheckpointNotFoundError` saying how to get it. Takes diffusers' keyword arguments
+        (`dtype=`, or the deprecated `torch_dtype=`; weights keep their stored precision by default, the audio
+        encoder loads float32)."""
         hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
         path = checkpoint_folder(pretrained_model_name_or_path, **hub_kwargs)
-        kwargs.setdefault("dtype", torch.float32)  # weights may be stored in fp16; CPUs want fp32
         pipe = super().from_pretrained(path, **kwargs)
         landmarker = path / FACE_LANDMARKER_FOLDER / FACE_LANDMARKER_FILENAME
         pipe.face_landmarker_path = landmarker if landmarker.is_file() else None
-        pipe.set_progress_bar_config(disable=True)
-        _own_aligned_memory(pipe)
         return pipe
 
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
-        """Save all components and a copy of the face landmarker, so the folder is self-contained."""
+    @classmethod
+    def load_config(cls, *args, **kwargs) -> dict | tuple:
+        """diffusers' `load_config`, reading the repository's loader files as the package classes they import."""
+        loaded = super().load_config(*args, **kwargs)
+        _package_entries(loaded[0] if isinstance(loaded, tuple) else loaded)
+        return loaded
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
+        """Save every component, a copy of the face landmarker, the loader files of `trust_remote_code=True` and a
+        `.gitattributes`: a complete, self-contained folder. With `push_to_hub=True` (and diffusers' `repo_id`,
+        `token`, `private`, `create_pr`, `commit_message`) that whole folder is then uploaded, with its model card
+        `README.md` if it has one (diffusers' own push writes its card template over it)."""
+        hub = {k: kwargs.pop(k) for k in ("repo_id", "token", "private", "create_pr", "commit_message") if k in kwargs}
         super().save_pretrained(save_directory, **kwargs)
-        target = Path(save_directory) / FACE_LANDMARKER_FOLDER
+        folder = Path(save_directory)
+        target = folder / FACE_LANDMARKER_FOLDER
         target.mkdir(parents=True, exist_ok=True)
         source, destination = self._landmarker_file(), target / FACE_LANDMARKER_FILENAME
         if not (destination.exists() and destination.samefile(source)):  # saving over the folder it came from
             shutil.copyfile(source, destination)
+        _write_loader_files(folder, type(self))
+        (folder / ".gitattributes").write_text(GITATTRIBUTES)
+        if push_to_hub:
+            self._push_folder(folder, **hub)
+
+    def _push_folder(
+        self,
+        folder: Path,
+        repo_id: str | None = None,
+        token: str | None = None,
+        private: bool | None = None,
+        create_pr: bool = False,
+        commit_message: str | None = None,
+    ) -> None:
+        from diffusers.utils.hub_utils import load_or_create_model_card, populate_model_card
+
+        repo_id = create_repo(repo_id or folder.name, exist_ok=True, private=private, token=token).repo_id
+        if not (folder / "README.md").is_file():
+            card = populate_model_card(load_or_create_model_card(repo_id, token=token, is_pipeline=True))
+            card.save(folder / "README.md")
+        self._upload_folder(folder, repo_id, token=token, commit_message=commit_message, create_pr=create_pr)
 
     def _landmarker_file(self) -> Path:
         if self.face_landmarker_path is not None:
             return Path(self.face_landmarker_path)
-        return find_face_landmarker_model()
+        return find_face_landmarker_model(self._checkpoint_landmarker_folders())
+
+    def _checkpoint_landmarker_folders(self) -> list[Path]:
+        """The `face_landmarker/` of the checkpoint `DiffusionPipeline.from_pretrained` loaded this pipeline from:
+        that loader neither records nor downloads the folder (it is no component)."""
+        source = self.name_or_path
+        if not source:
+            return []
+        if Path(source).is_dir():
+            return [Path(source) / FACE_LANDMARKER_FOLDER]
+        try:
+            path = hf_hub_download(str(source), FACE_LANDMARKER_FILENAME, subfolder=FACE_LANDMARKER_FOLDER)
+        except (HfHubHTTPError, LocalEntryNotFoundError, ValueError):  # offline and not cached, or not a repo id
+            return []
+        return [Path(path).parent]
 
     @property
     def face_analyzer(self) -> FaceAnalyzer:
@@ -303,13 +367,15 @@ class TellerPipeline(DiffusionPipeline):
         self,
         image: str | os.PathLike | Image.Image | np.ndarray | PreparedSource,
         max_size: int | None = None,
+        num_threads: int | None = None,
         **controls,
     ) -> TellerSession:
         """A live session: `session.push(chunk, sample_rate)` returns frames as soon as they are ready,
         `session.finish()` the rest. Controls: see `GenerationControls`. Pass a `PreparedSource` to analyse
-        the photo once for several sessions."""
-        source = image if isinstance(image, PreparedSource) else self.prepare_source(image, max_size)
-        return TellerSession(self, source, GenerationControls(**controls))
+        the photo once for several sessions. `num_threads`: as in `__call__`, for every push and finish."""
+        with torch_threads(num_threads):
+            source = image if isinstance(image, PreparedSource) else self.prepare_source(image, max_size)
+            return TellerSession(self, source, GenerationControls(**controls), num_threads)
 
     def stream(
         self,
@@ -317,11 +383,13 @@ class TellerPipeline(DiffusionPipeline):
         audio_chunks: Iterable[np.ndarray | tuple[int, np.ndarray]],
         sample_rate: int = SAMPLE_RATE,
         max_size: int | None = None,
+        num_threads: int | None = None,
         **controls,
     ) -> Iterator[list[np.ndarray]]:
         """Yield lists of frames (25 fps) while audio chunks arrive; chunks are arrays at `sample_rate` or
-        `(rate, array)` tuples as Gradio's microphone gives them."""
-        session = self.start_session(image, max_size, **controls)
+        `(rate, array)` tuples as Gradio's microphone gives them. `num_threads`: as in `__call__`, set while the
+        model works on a chunk and restored before each yield."""
+        session = self.start_session(image, max_size, num_threads, **controls)
         for chunk in audio_chunks:
             rate, samples = chunk if isinstance(chunk, tuple) else (sample_rate, chunk)
             frames = session.push(np.asarray(samples), rate)
@@ -348,6 +416,7 @@ class TellerPipeline(DiffusionPipeline):
         head_smoothing: float = GenerationControls.head_smoothing,
         max_size: int | None = None,
         output_path: str | os.PathLike | None = None,
+        num_threads: int | None = None,
         return_dict: bool = True,
     ) -> TellerPipelineOutput | tuple:
         """Animate `image` with `audio`: the streaming session run to the end.
@@ -369,6 +438,10 @@ class TellerPipeline(DiffusionPipeline):
             output_path: write the MP4 there while generating instead of keeping frames in memory. Without it,
                 a video whose frames would take more than `MAX_IN_MEMORY_FRAME_BYTES` (2 GiB) is refused before
                 any frame is generated.
+            num_threads: torch intra-op threads for the model calls, set while they run and restored after (the
+                caller's setting is never changed). None: the package's default, `streaming.TORCH_THREADS` (1, or
+                the environment's `TELLER_TORCH_THREADS`), fastest for these small models on a machine shared with
+                other work; 0: torch's setting as the caller has it.
 
         Any setting that is not usable (NaN, infinite, negative, out of range) raises a `ValueError` naming it
         before any work; a seed may be any integer (reduced modulo 2**64).
@@ -381,7 +454,7 @@ class TellerPipeline(DiffusionPipeline):
         controls.validate()
         self._output_size(max_size)
         samples = load_audio(audio, max_seconds=self.config.max_audio_seconds)
-        session = self.start_session(self.prepare_source(image, max_size), **vars(controls))
+        session = self.start_session(self.prepare_source(image, max_size), num_threads=num_threads, **vars(controls))
         num_frames = num_video_frames(len(samples), self.config.min_video_seconds)
         if output_path is None:
             _check_in_memory_size(num_frames, session.source.image.shape)
@@ -418,6 +491,53 @@ def _check_in_memory_size(num_frames: int, frame_shape: tuple[int, ...]) -> None
             f"more than the {MAX_IN_MEMORY_FRAME_BYTES / 1024**3:g} GiB an in-memory call may use: pass "
             "output_path= to write the MP4 while generating, or a smaller max_size"
         )
+
+
+def _loader_file(module: str, class_name: str) -> str:
+    missing = [f"this checkpoint runs on the {PACKAGE} package; in the project's source: ", INSTALL_COMMAND]
+    return "\n".join([
+        f'"""`{class_name}` for `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`: the class of the',
+        f'installed `{PACKAGE}` package, which is all this file runs."""',
+        "",
+        "try:",
+        f"    from {module} import {class_name}",
+        "except ImportError as error:",
+        "    raise ImportError(",
+        *(f"        {json.dumps(part)}" for part in missing),
+        "    ) from error",
+        "",
+        f'__all__ = ["{class_name}"]',
+        "",
+    ])
+
+
+def _write_loader_files(folder: Path, pipeline_class: type) -> None:
+    """Name a loader file in `model_index.json` for the pipeline and for each component of this package, and write
+    those files (diffusers' layout of a custom pipeline with custom components)."""
+    index_file = folder / "model_index.json"
+    index = json.loads(index_file.read_text())
+    index.pop("_name_or_path", None)  # where the saved pipeline was loaded from: nothing the folder needs
+    entries = {"": [pipeline_class.__module__, pipeline_class.__name__]}
+    entries.update({name: value for name, value in index.items()
+                    if isinstance(value, list) and str(value[0]).startswith(f"{PACKAGE}.")})
+    for name, (module, class_name) in entries.items():
+        file_stem = module.rsplit(".", 1)[-1]
+        (folder / name / f"{file_stem}.py").write_text(_loader_file(module, class_name))
+        index["_class_name" if not name else name] = [file_stem, class_name]
+    index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def _package_entries(index: dict) -> None:
+    """Undo `_write_loader_files` in a loaded `model_index.json`: a `[loader file, class]` entry whose class this
+    package exports becomes `[its module, class]` again, so nothing from the folder is imported."""
+    import teller_pipeline
+
+    for name, value in index.items():
+        if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], str)):
+            continue
+        exported = getattr(teller_pipeline, value[1], None)
+        if isinstance(exported, type) and exported.__module__.rsplit(".", 1)[-1] == value[0]:
+            index[name] = exported.__name__ if name == "_class_name" else [exported.__module__, value[1]]
 
 
 def _own_aligned_memory(pipe: DiffusionPipeline) -> None:

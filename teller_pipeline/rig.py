@@ -56,11 +56,16 @@ LIPS_INNER_UPPER = [78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308]
 LIPS_INNER_LOWER = [78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308]
 LIPS_OUTER_UPPER = [61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291]
 LIPS_OUTER_LOWER = [61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291]
-EYE_RIGHT = [33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7]
-EYE_LEFT = [263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249]
+# Eye contours from the outer to the inner corner, (upper lid, lower lid), subject's right then left eye; index k of
+# the upper list faces index k of the lower list. The outlines and lid pairs below are derived from them.
+EYE_CONTOURS = (
+    ([33, 246, 161, 160, 159, 158, 157, 173, 133], [33, 7, 163, 144, 145, 153, 154, 155, 133]),
+    ([263, 466, 388, 387, 386, 385, 384, 398, 362], [263, 249, 390, 373, 374, 380, 381, 382, 362]),
+)
+EYE_RIGHT, EYE_LEFT = (upper + lower[-2:0:-1] for upper, lower in EYE_CONTOURS)  # closed outlines
 # Pairs of (upper, lower) eyelid landmarks that meet when the eye closes.
-EYELID_PAIRS_RIGHT = [(246, 7), (161, 163), (160, 144), (159, 145), (158, 153), (157, 154), (173, 155)]
-EYELID_PAIRS_LEFT = [(466, 249), (388, 390), (387, 373), (386, 374), (385, 380), (384, 381), (398, 382)]
+EYELID_PAIRS_RIGHT, EYELID_PAIRS_LEFT = (list(zip(upper[1:-1], lower[1:-1], strict=True))
+                                         for upper, lower in EYE_CONTOURS)
 IRIS_RIGHT = list(range(468, 473))
 IRIS_LEFT = list(range(473, 478))
 FACE_OVAL = [10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152,

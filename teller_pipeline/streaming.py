@@ -15,10 +15,12 @@ and a few refined frames. Offline generation (`TellerPipeline.__call__`) is this
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -42,6 +44,37 @@ AUDIO_FRAME_RATE = 50  # whisper encoder output rate
 RENDER_THREADS = max(1, min(FRAMES_PER_SLICE, int(os.environ.get("TELLER_RENDER_THREADS", os.cpu_count() or 1))))
 _render_pool: ThreadPoolExecutor | None = None
 _render_pool_lock = threading.Lock()
+
+# torch's intra-op threads for the package's own model calls (`num_threads=None` in the pipeline's calls). The
+# models are small (short sequences, 512-wide layers) while the renderer, the video encoder and whatever else runs
+# on the machine use the other cores: on 2 cores with neighbours, torch's second thread waits on the busy core and
+# every model call gets many times slower (a 512² session beside other work on this project's 2-core machine: over
+# 10x slower per frame with two threads than with one).
+TORCH_THREADS = int(os.environ.get("TELLER_TORCH_THREADS", 1))
+
+
+@contextlib.contextmanager
+def torch_threads(num_threads: int | None = None) -> Iterator[None]:
+    """Run the block at `num_threads` torch intra-op threads (None: `TORCH_THREADS`; 0: the caller's own setting),
+    then give the calling thread its previous count back.
+
+    torch's count (OpenMP backend, the default of its wheels) belongs to each thread once that thread has used
+    torch, so calls running in several threads at once (the app's sessions) each set and restore their own without
+    a lock. A thread that first uses torch starts from the count set last anywhere, so one started while a Teller
+    call runs elsewhere starts at Teller's count.
+    """
+    wanted = TORCH_THREADS if num_threads is None else num_threads
+    if wanted < 0:
+        raise ValueError(f"num_threads must be ≥ 0 (0 = torch's own setting), not {wanted}")
+    previous = torch.get_num_threads()
+    if wanted == 0 or wanted == previous:
+        yield
+        return
+    torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _render_all(renderer, state, landmarks) -> list[np.ndarray]:
@@ -80,7 +113,7 @@ def embed_slice_windows(
     """Whisper embeddings of each slice, (S, 10, 512), from its window (S, samples): a batch of windows
     through the encoder, keeping the 10 frames (200 ms) that end where the lookahead begins."""
     if len(windows) == 0:
-        return torch.zeros(0, frames_per_slice, encoder.config.d_model)
+        return torch.zeros(0, frames_per_slice, encoder.config.d_model, device=encoder.device)
     mel = torch.cat([log_mel(feature_extractor, w) for w in windows])
     mel = mel[..., : mel.shape[-1] // 2 * 2]
     with torch.inference_mode():
@@ -90,26 +123,33 @@ def embed_slice_windows(
 
 
 class TellerSession:
-    """Streaming state for one source face. Not thread-safe: one session per listener."""
+    """Streaming state for one source face. Not thread-safe: one session per listener.
 
-    def __init__(self, pipeline, source, controls: GenerationControls | None = None):
+    `num_threads`: torch threads for the session's model calls, set for each `push`/`finish` and restored after
+    (see `torch_threads`; None = `TORCH_THREADS`, 0 = the caller's own setting).
+    """
+
+    def __init__(self, pipeline, source, controls: GenerationControls | None = None, num_threads: int | None = None):
         self.pipe = pipeline
         self.source = source  # PreparedSource
         self.controls = controls or GenerationControls()
         self.controls.validate()
+        self.num_threads = num_threads
         gen_config = pipeline.motion_generator.config
         self.window_samples = int(round(gen_config.audio_window_seconds * SAMPLE_RATE))
         self.lookahead_samples = int(round(gen_config.audio_lookahead_seconds * SAMPLE_RATE))
         self.resampler = StreamingResampler()
-        self.torch_generator = torch.Generator().manual_seed(self.controls.seed)
+        generator_model = pipeline.motion_generator
+        # Tokens are drawn where the generator's probabilities are: torch samples only with a generator on that
+        # device. Seeded sampling is reproducible per device (a GPU draws other numbers than the CPU).
+        self.torch_generator = torch.Generator(device=generator_model.device).manual_seed(self.controls.seed)
         self.idle = IdleMotion(self.controls.seed, FPS, self.controls.blinks_per_minute)
         with torch.inference_mode():
-            generator_model = pipeline.motion_generator
             prior = torch.from_numpy(source.identity_prior)[None].to(generator_model.device, generator_model.dtype)
             self.generator_state = pipeline.motion_generator.start(prior)
         refiner_config = pipeline.temporal_refiner.config
         tokenizer = pipeline.motion_tokenizer
-        neutral = tokenizer.normalize(torch.zeros(refiner_config.motion_dim, device=tokenizer.device))
+        neutral = tokenizer.normalize(tokenizer.feature_mean.new_zeros(refiner_config.motion_dim))
         self.refined_context = neutral.expand(refiner_config.context_frames, -1).clone()
         # Audio kept: the newest samples still needed by future windows; `buffer_start` is the absolute
         # sample index of buffer[0].
@@ -166,6 +206,11 @@ class TellerSession:
 
     # ------------------------------------------------------------------ per slice
     def _render_ready_slices(self, final: bool) -> list[np.ndarray]:
+        """The frames of every slice whose audio (and lookahead) has arrived; `final`: all that remain."""
+        with torch_threads(self.num_threads):
+            return self._ready_slices(final)
+
+    def _ready_slices(self, final: bool) -> list[np.ndarray]:
         frames: list[np.ndarray] = []
         while True:
             slice_end = (self.next_slice + 1) * SLICE_SAMPLES

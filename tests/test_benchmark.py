@@ -7,8 +7,11 @@ below: none (bit-identical).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import av
 import numpy as np
@@ -23,9 +26,11 @@ from .conftest import ASTRONAUT, REAL_SPEECH
 
 
 def test_benchmark_reports_every_field(pipe, capsys, tmp_path):
+    threads = streaming.TORCH_THREADS + 1  # not the package's default, which the plain call must use instead
     args = benchmark.build_parser().parse_args(
         ["--runs", f"{ASTRONAUT}:128", "--audio", str(REAL_SPEECH), "--seconds", "1.2", "--long-minutes", "0.03",
-         "--long-run", f"{ASTRONAUT}:128", "--json", str(tmp_path / "report.json")]
+         "--long-run", f"{ASTRONAUT}:128", "--busy-run", f"{ASTRONAUT}:128", "--threads", str(threads),
+         "--json", str(tmp_path / "report.json")]
     )
     report = benchmark.run(args, pipe=pipe)
     printed = capsys.readouterr().out
@@ -38,6 +43,19 @@ def test_benchmark_reports_every_field(pipe, capsys, tmp_path):
                 "peak_rss_mb", "offline_seconds"):
         assert run[key] > 0, key
     assert run["real_time_factor"] == pytest.approx(25 / run["fps"])  # wall seconds per second of video
+    assert run["torch_threads"] == threads and run["busy_processes"] == 0
+    assert run["floor"]["remap_ms"] > 0 and run["floor"]["encode_ms"] > 0
+    assert run["times_floor"] == pytest.approx(1000 / run["fps"] / sum(run["floor"].values()))
+    # The plain call: a fresh process with the package's own thread use, whatever --threads says.
+    (plain,) = report["plain_calls"]
+    assert plain["model_threads"] == [plain["package_default_threads"]] != [threads]
+    assert (plain["width"], plain["height"], plain["frames"]) == (128, 128, 30)
+    assert plain["seconds"] > 0 and plain["peak_rss_mb"] > 0 and plain["times_floor"] > 0
+    assert [busy["busy_processes"] for busy in report["busy_runs"]] == list(benchmark.DEFAULT_BUSY)
+    assert all(busy["frames"] == 30 and busy["floor"]["remap_ms"] > 0 for busy in report["busy_runs"])
+    assert not _busy_children(), "the busy processes outlived the run"
+    assert "128×128 (astronaut.png), plain call" in printed and "128×128 (astronaut.png), 2 busy" in printed
+    assert "× floor" in printed
     long = report["long_run"]
     assert long["frames"] == 45 and long["rss_start_mb"] > 0 and long["rss_end_mb"] > 0
     assert "| output | audio enc | generator |" in printed and "128×128 (astronaut.png)" in printed
@@ -45,11 +63,69 @@ def test_benchmark_reports_every_field(pipe, capsys, tmp_path):
     assert (tmp_path / "report.json").read_text().startswith("{")
 
 
+def _busy_children() -> list[int]:
+    """Processes this one started that run the benchmark's busy loop."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if parent == os.getpid() and benchmark.BUSY_LOOP.strip() in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_busy_processes_work_and_are_gone_after_the_block():
+    with pytest.raises(KeyboardInterrupt), benchmark.busy_processes(2) as processes:
+        time.sleep(0.5)
+        assert all(process.poll() is None for process in processes)
+        assert sorted(_busy_children()) == sorted(process.pid for process in processes)
+        cpu_before = [_cpu_ticks(process.pid) for process in processes]
+        time.sleep(0.5)
+        assert all(_cpu_ticks(p.pid) > before for p, before in zip(processes, cpu_before, strict=True))
+        raise KeyboardInterrupt  # even an interrupted benchmark leaves none behind
+    assert all(process.returncode is not None for process in processes)
+    assert not _busy_children()
+
+
+def test_busy_processes_end_by_themselves():
+    """Bounded in time, and gone when the benchmark that started them dies without cleaning up."""
+    with benchmark.busy_processes(1, max_seconds=0.5) as (process,):
+        assert process.wait(timeout=30) == 0
+    orphan = subprocess.run(
+        [sys.executable, "-c", "import os\nfrom teller_recipe.benchmark.benchmark import busy_processes\n"
+         "with busy_processes(1) as (busy,):\n    print(busy.pid, flush=True)\n    os._exit(0)"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=120, check=True)
+    pid = int(orphan.stdout)
+    deadline = time.monotonic() + 30
+    while _state(pid) not in ("gone", "Z") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    outlived = _state(pid) not in ("gone", "Z")
+    if outlived:
+        os.kill(pid, 9)
+    assert not outlived, "the busy loop outlived its benchmark"
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
 def test_benchmark_cli_documents_its_options():
     result = subprocess.run([sys.executable, "-m", "teller_recipe.benchmark.benchmark", "--help"], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0
-    for option in ("--runs", "--seconds", "--long-minutes", "--threads", "--repeats", "--json"):
+    for option in ("--runs", "--seconds", "--long-minutes", "--threads", "--repeats", "--json", "--busy",
+                   "--no-plain-call"):
         assert option in result.stdout
 
 

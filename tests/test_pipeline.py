@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
 
+import diffusers.utils.dynamic_modules_utils
+import diffusers.utils.hub_utils
+import huggingface_hub.constants
+import huggingface_hub.errors
 import numpy as np
 import pytest
 import torch
+from diffusers import DiffusionPipeline
 from PIL import Image
 
 from teller_pipeline import (
@@ -17,6 +26,7 @@ from teller_pipeline import (
     MotionTokenizer,
     TellerPipeline,
     TemporalRefiner,
+    pipeline_teller,
 )
 from teller_pipeline.streaming import FPS
 from teller_pipeline.video import probe_media
@@ -52,12 +62,22 @@ def test_component_config_and_weights_round_trip(tmp_path, cls, kwargs):
         torch.testing.assert_close(loaded.state_dict()[name], value, rtol=0, atol=0)
 
 
+def _files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
 def test_bundled_checkpoint_layout():
+    """diffusers' layout of a custom pipeline with custom components: `model_index.json` names a loader file for the
+    pipeline and for each component of this package; weights, the landmarker and pictures go to Git LFS."""
     index = json.loads((CHECKPOINT / "model_index.json").read_text())
-    assert index["_class_name"] == "TellerPipeline"
-    for name in ("audio_encoder", "feature_extractor", "motion_encoder", "motion_tokenizer", "motion_generator",
-                 "temporal_refiner", "renderer"):
-        assert index[name][0] is not None, name
+    assert index["_class_name"] == ["pipeline_teller", "TellerPipeline"]
+    assert (CHECKPOINT / "pipeline_teller.py").is_file()
+    for name in ("audio_encoder", "motion_encoder", "motion_tokenizer", "motion_generator", "temporal_refiner",
+                 "renderer"):
+        assert (CHECKPOINT / name / f"{index[name][0]}.py").is_file(), name
+    assert index["feature_extractor"] == ["transformers", "WhisperFeatureExtractor"]
+    lfs = (CHECKPOINT / ".gitattributes").read_text()
+    assert "*.safetensors filter=lfs" in lfs and "*.task filter=lfs" in lfs
     assert not list(CHECKPOINT.rglob("*.bin")) and not list(CHECKPOINT.rglob("*.pt")), "safetensors only"
     assert (CHECKPOINT / "face_landmarker" / "face_landmarker.task").is_file()
     size_mb = sum(p.stat().st_size for p in CHECKPOINT.rglob("*") if p.is_file()) / 1e6
@@ -78,16 +98,124 @@ def test_save_load_gives_identical_video(tiny_pipe, speech, tmp_path):
     assert np.array_equal(first, second)
 
 
-def test_from_hub_repo_id_uses_the_local_cache_offline(tiny_pipe, tmp_path):
-    """A Hub repo id goes through snapshot_download; offline, it resolves from the cache."""
+@pytest.mark.parametrize(
+    "kwargs", [dict(torch_dtype=torch.float32), dict(dtype=torch.float32), dict(dtype=torch.bfloat16)],
+    ids=["torch_dtype", "dtype", "bfloat16"],
+)
+def test_from_pretrained_takes_a_dtype_as_diffusers_does(pipe, speech, kwargs):
+    """`torch_dtype=` (deprecated in diffusers, still everywhere in user code) or `dtype=`: the neural parts load in
+    it, the motion encoder's fitted geometry stays float32, and the video is the same face."""
+    dtype = next(iter(kwargs.values()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # diffusers' deprecation notice for torch_dtype
+        loaded = TellerPipeline.from_pretrained(CHECKPOINT, **kwargs)
+    for name in ("audio_encoder", "motion_generator", "motion_tokenizer", "temporal_refiner"):
+        assert getattr(loaded, name).dtype == dtype, name
+    assert loaded.motion_encoder.keypoint_weights.dtype == torch.float32
+    frames = loaded(GRACE_HOPPER, speech[:8000], max_size=128).frames
+    reference = pipe(GRACE_HOPPER, speech[:8000], max_size=128).frames
+    if dtype == torch.float32:
+        assert np.array_equal(frames, reference)
+    else:
+        assert frames.shape == reference.shape
+        assert np.abs(frames.astype(np.int16) - reference).mean() < 0.5  # measured 0.01 levels in bfloat16
+
+
+@pytest.fixture(scope="module")
+def saved_tiny(tiny_pipe, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("saved") / "teller-tiny"
+    tiny_pipe.save_pretrained(folder)
+    return folder
+
+
+def test_diffusion_pipeline_loads_the_folder_with_trust_remote_code(tiny_pipe, saved_tiny, speech):
+    """What the Hub page of a `library_name: diffusers` repo suggests: diffusers' own loader, the same video."""
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        DiffusionPipeline.from_pretrained(saved_tiny)
+    loaded = DiffusionPipeline.from_pretrained(saved_tiny, trust_remote_code=True)
+    assert type(loaded) is TellerPipeline
+    assert loaded._landmarker_file() == saved_tiny / "face_landmarker" / "face_landmarker.task"
+    first = tiny_pipe(GRACE_HOPPER, speech[:16000], seed=5, max_size=256).frames
+    assert np.array_equal(loaded(GRACE_HOPPER, speech[:16000], seed=5, max_size=256).frames, first)
+
+
+def _as_hub_cache(folder: Path, cache: Path, repo_id: str, tree_listing: bool) -> Path:
+    """Lay `folder` out as huggingface_hub's cache holds a downloaded repo (`snapshots/<commit>/…`, `refs/main`) and,
+    with `tree_listing`, the `trees/<commit>.json` file listing `snapshot_download` also leaves, from which diffusers'
+    offline loading takes the same path as its online one. Returns the snapshot folder."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    shutil.copytree(folder, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    if tree_listing:
+        files = {}
+        for name in sorted(_files(folder)):
+            data = (folder / name).read_bytes()
+            files[name] = {"size": len(data), "blob_id": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()}
+        (repo / "trees").mkdir()
+        (repo / "trees" / f"{commit}.json").write_text(json.dumps({"format_version": 1, "files": files}))
+    return snapshot
+
+
+def _use_hub_cache(monkeypatch, cache: Path) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))  # the variable is read at import
+
+
+# diffusers 0.42.1 asks the Hub for the commit of a repository's code even when the repository is cached
+# (`get_cached_module_file` calls `model_info`, a TODO there), which offline mode refuses.
+DIFFUSERS_ASKS_THE_COMMIT = "diffusers 0.42.1 asks the Hub for the commit of cached remote code (model_info)"
+
+
+@pytest.mark.parametrize("tree_listing", [False, True], ids=["snapshot", "snapshot+tree"])
+@pytest.mark.parametrize("loader", ["TellerPipeline", "DiffusionPipeline"])
+def test_hub_repo_id_loads_offline_from_the_cache(saved_tiny, tmp_path, monkeypatch, loader, tree_listing):
+    """Offline, from a cache as `snapshot_download` leaves it; diffusers takes its online path when the tree listing
+    is cached, where the Hub's one answer about the code's commit is stubbed (`DIFFUSERS_ASKS_THE_COMMIT`)."""
     cache = tmp_path / "hub"
-    snapshot = cache / "models--teller--teller-tiny" / "snapshots" / ("0" * 40)
-    tiny_pipe.save_pretrained(snapshot)
-    (cache / "models--teller--teller-tiny" / "refs").mkdir(parents=True)
-    (cache / "models--teller--teller-tiny" / "refs" / "main").write_text("0" * 40)
-    loaded = TellerPipeline.from_pretrained("teller/teller-tiny", cache_dir=str(cache))
+    snapshot = _as_hub_cache(saved_tiny, cache, "teller/teller-tiny", tree_listing)
+    _use_hub_cache(monkeypatch, cache)
+    if loader == "DiffusionPipeline" and tree_listing:
+        commit = SimpleNamespace(sha=snapshot.name)
+        monkeypatch.setattr(diffusers.utils.dynamic_modules_utils, "model_info", lambda *args, **kwargs: commit)
+    if loader == "TellerPipeline":
+        loaded = TellerPipeline.from_pretrained("teller/teller-tiny")
+    else:
+        loaded = DiffusionPipeline.from_pretrained("teller/teller-tiny", trust_remote_code=True)
+    assert type(loaded) is TellerPipeline
     assert isinstance(loaded.motion_generator, MotionGenerator)
-    assert loaded.face_landmarker_path is not None and loaded.face_landmarker_path.is_file()
+    assert loaded._landmarker_file() == snapshot / "face_landmarker" / "face_landmarker.task"
+
+
+@pytest.mark.xfail(strict=True, raises=huggingface_hub.errors.OfflineModeIsEnabled, reason=DIFFUSERS_ASKS_THE_COMMIT)
+def test_diffusion_pipeline_loads_a_cached_repo_offline(saved_tiny, tmp_path, monkeypatch):
+    """Fails until diffusers reads the commit from the cache; offline, `TellerPipeline.from_pretrained` works."""
+    _as_hub_cache(saved_tiny, tmp_path / "hub", "teller/teller-tiny", tree_listing=True)
+    _use_hub_cache(monkeypatch, tmp_path / "hub")
+    DiffusionPipeline.from_pretrained("teller/teller-tiny", trust_remote_code=True)
+
+
+def test_push_to_hub_uploads_the_complete_folder(tiny_pipe, tmp_path, monkeypatch):
+    """The upload (diffusers' call, stubbed) sees every file a complete checkpoint has, the face landmarker included,
+    and the folder's own model card."""
+    uploads = []
+
+    def upload_folder(*, repo_id: str, folder_path: str, **kwargs) -> None:
+        uploads.append((repo_id, _files(Path(folder_path))))
+
+    monkeypatch.setattr(pipeline_teller, "create_repo", lambda repo_id, **kwargs: SimpleNamespace(repo_id=repo_id))
+    monkeypatch.setattr(diffusers.utils.hub_utils, "upload_folder", upload_folder)
+    folder = tmp_path / "teller-tiny"
+    folder.mkdir()
+    (folder / "README.md").write_text("the model card\n")
+    tiny_pipe.save_pretrained(folder, push_to_hub=True, repo_id="someone/teller-tiny")
+    [(repo_id, uploaded)] = uploads
+    assert repo_id == "someone/teller-tiny"
+    assert "face_landmarker/face_landmarker.task" in uploaded
+    assert uploaded == {name for name in _files(CHECKPOINT) if not name.startswith("images/")}
+    assert (folder / "README.md").read_text() == "the model card\n"
 
 
 def test_streaming_in_odd_chunks_equals_offline(pipe, speech):

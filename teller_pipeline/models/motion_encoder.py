@@ -57,6 +57,9 @@ class SourceFace:
 class MotionEncoder(ModelMixin, ConfigMixin):
     """Maps face landmarks to Teller's motion latent and back. Fitted constants only: no trained weights."""
 
+    # The geometry runs in float64 numpy; loading the pipeline in half precision must not round its constants.
+    _keep_in_fp32_modules = ["canonical_mesh", "procrustes_weights", "keypoint_weights"]
+
     @register_to_config
     def __init__(
         self,

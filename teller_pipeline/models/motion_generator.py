@@ -174,7 +174,7 @@ class MotionGenerator(ModelMixin, ConfigMixin):
         return GeneratorState(prefix=self.embed_prefix(identity_prior))
 
     def _feed(self, state: GeneratorState, embeddings: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(state.length, state.length + embeddings.shape[1])[None]
+        positions = torch.arange(state.length, state.length + embeddings.shape[1], device=embeddings.device)[None]
         out = self.backbone(
             inputs_embeds=embeddings, past_key_values=state.cache, use_cache=True, position_ids=positions
         )

@@ -72,7 +72,7 @@ class TemporalRefiner(ModelMixin, ConfigMixin):
         """Refined current frames (B, 5, 69) from refined past (B, C, 69), coarse current (B, 5, 69) and the
         slice's whisper frames (B, 10, 512). All motion in the tokenizer's normalised feature space."""
         b, n = coarse.shape[:2]
-        flag = torch.cat([torch.zeros(b, context.shape[1], 1), torch.ones(b, n, 1)], 1).to(coarse)
+        flag = torch.cat([coarse.new_zeros(b, context.shape[1], 1), coarse.new_ones(b, n, 1)], 1)
         x = self.motion_in(torch.cat([torch.cat([context, coarse], 1), flag], -1))
         audio_frames = self.audio_in(audio.reshape(b, n, -1))
         x = x + torch.cat([torch.zeros_like(x[:, : context.shape[1]]), audio_frames], 1)
@@ -99,6 +99,6 @@ def refine_causally(
 ) -> torch.Tensor:
     """The refiner over a whole utterance (normalised coarse motion (T, 69), whisper frames (S, 10, 512)), slice
     by slice as `TellerSession` runs it, from rest."""
-    neutral = tokenizer.normalize(torch.zeros(refiner.config.motion_dim, device=tokenizer.device))
+    neutral = tokenizer.normalize(tokenizer.feature_mean.new_zeros(refiner.config.motion_dim))
     context = neutral.expand(refiner.config.context_frames, -1)
     return refiner.unroll(context[None], coarse[None], audio_features[None])[0]

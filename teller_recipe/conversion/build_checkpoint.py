@@ -8,7 +8,10 @@
 * motion_tokenizer / motion_generator / temporal_refiner: from `--trained` (folders written by the training
   scripts) or, without it, freshly initialised with `--seed` (an untrained pipeline that still runs);
 * renderer: the geometric renderer (default configuration, the canonical mesh's triangulation);
-* face_landmarker/face_landmarker.task: a copy of MediaPipe's model, so the folder is self-contained.
+* face_landmarker/face_landmarker.task: a copy of MediaPipe's model, so the folder is self-contained;
+* the loader files `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` reads (`pipeline_teller.py`
+  and one per component folder, named in `model_index.json`) and a `.gitattributes` for the Hub's LFS, all
+  written by `TellerPipeline.save_pretrained`.
 """
 
 from __future__ import annotations

@@ -411,7 +411,8 @@ def refiner_on_off(pipe, tokenizer, utterances: list[Utterance], seed: int = 0) 
         audio = audio_slice_features(pipe, utt.audio, len(motion) // FRAMES_PER_SLICE).to(tokenizer.device)
         if on_generated:
             prior = torch.from_numpy(utt.identity_prior)[None].to(tokenizer.device)
-            codes = pipe.motion_generator.generate(prior, audio, torch.Generator().manual_seed(seed))
+            sampler = torch.Generator(device=pipe.motion_generator.device).manual_seed(seed)
+            codes = pipe.motion_generator.generate(prior, audio, sampler)
         else:
             codes = tokenizer.encode(tokenizer.normalize(motion)[None])[0]
         coarse = tokenizer.decode(codes[None])[0]

@@ -4,8 +4,9 @@
         --corpus data/corpus --speed README.md
 
 Numbers come from files, never typed in: the corpus summary (`summary.json`), the recipe's step times
-(`timings.tsv`), the evaluation table (`eval/metrics.md`) and the README's Speed table. A missing file
-leaves a plain "not measured" line, so the card never shows a number nobody measured.
+(`timings.tsv`), the evaluation tables (`eval/metrics.md`, `eval*/metrics.json` for the front matter's
+`model-index`) and the README's Speed table. A missing file leaves a plain "not measured" line, so the card never
+shows a number nobody measured.
 """
 
 from __future__ import annotations
@@ -15,26 +16,71 @@ import json
 from pathlib import Path
 
 import numpy as np
+from huggingface_hub import EvalResult, ModelCardData
 from safetensors import safe_open
 
-COMPONENTS = ("audio_encoder", "motion_encoder", "motion_tokenizer", "motion_generator", "temporal_refiner", "renderer")
+from teller_pipeline.hub import HUB_MODEL_ID
+from teller_pipeline.pipeline_teller import INSTALL_COMMAND
 
-FRONT_MATTER = """---
-library_name: diffusers
-pipeline_tag: image-to-video
-license: apache-2.0
-language:
-  - en
-tags:
-  - talking-head
-  - audio-driven
-  - portrait-animation
-  - lip-sync
-  - streaming
-  - real-time
-  - teller
----
-"""
+COMPONENTS = ("audio_encoder", "motion_encoder", "motion_tokenizer", "motion_generator", "temporal_refiner", "renderer")
+PAPER_URL = "https://arxiv.org/abs/2503.18429"
+TAGS = ["talking-head", "audio-driven", "portrait-animation", "lip-sync", "streaming", "real-time", "teller"]
+CITATION = """@inproceedings{zhen2025teller,
+  title     = {Teller: Real-Time Streaming Audio-Driven Portrait Animation with Autoregressive Motion Generation},
+  author    = {Zhen, Dingcheng and Yin, Shunshun and Qin, Shiyang and Yi, Hou and Zhang, Ziwei and Liu, Siyuan and
+               Qi, Gan and Tao, Ming},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2025},
+  eprint    = {2503.18429},
+  archivePrefix = {arXiv}
+}"""
+# The evaluation's speech groups as model-index datasets (`teller_recipe.evaluation.evaluate`).
+EVAL_DATASETS = {
+    "held_out": dict(dataset_type="teller-synthetic-speech", dataset_split="test",
+                     dataset_name="Held-out synthetic voices (the recipe's corpus, test split)"),
+    "real": dict(dataset_type="cmu-arctic", dataset_name="CMU ARCTIC recordings (real human speech)"),
+}
+
+
+def _eval_results(run: Path | None) -> list[EvalResult]:
+    """Lip sync on the rendered video, per evaluated portrait and speech group, at the precision the card's tables
+    print (`eval*/metrics.json`)."""
+    results = []
+    for file in sorted(run.glob("eval*/metrics.json")) if run else []:
+        measured = json.loads(file.read_text())
+        portrait = Path(measured["portrait"]).stem  # the dataset's configuration: the photo its speech animates
+        for group, dataset in EVAL_DATASETS.items():
+            summary = measured["lip_sync"].get(group)
+            if not summary:
+                continue
+            metrics = [
+                ("pearsonr", "lip sync r (rendered mouth opening vs the phones, pooled)", summary["r_pooled"], 3),
+                ("offset_ms", "audio-to-mouth offset (ms)", summary["offset_ms"], 1),
+                ("closed_in_silence", "mouth closed in silent frames (share)", summary["closed_share"], 3),
+            ]
+            results += [
+                EvalResult(task_type="image-to-video", task_name="Audio-driven portrait animation", **dataset,
+                           dataset_config=portrait, metric_type=kind, metric_name=name,
+                           metric_value=round(value, digits))
+                for kind, name, value, digits in metrics if value is not None
+            ]
+    return results
+
+
+def front_matter(checkpoint: Path, run: Path | None) -> str:
+    """The card's YAML header: Hub metadata, the base model, and a model-index of the measured lip sync."""
+    results = _eval_results(run)
+    data = ModelCardData(
+        library_name="diffusers", pipeline_tag="image-to-video", license="apache-2.0", language=["en"], tags=TAGS,
+        base_model="openai/whisper-base",  # the audio encoder, converted (teller_recipe.conversion.convert_whisper)
+        model_name=checkpoint.name if results else None, eval_results=results or None,
+    )
+    return f"---\n{data.to_yaml()}\n---\n"
+
+
+def _demote(markdown: str, levels: int) -> str:
+    """Headings of an included report pushed `levels` down, so the card keeps its one H1."""
+    return "\n".join("#" * levels + line if line.startswith("#") else line for line in markdown.splitlines())
 
 
 def _parameters(checkpoint: Path) -> dict[str, int]:
@@ -66,7 +112,7 @@ def _speed(readme: Path | None) -> str:
     section = text.split("## Speed", 1)[1].split("\n## ", 1)[0]
     paragraphs = [p.strip() for p in section.split("\n\n")]
     keep = [p for p in paragraphs if p.startswith(("Machine:", "|", "Long run", "For comparison"))]
-    command = "Command: `python -m teller_recipe.benchmark.benchmark --threads 1` (see the project README)."
+    command = "Command: `python -m teller_recipe.benchmark.benchmark --repeats 2` (see the project README)."
     return "\n\n".join([*keep, command])
 
 
@@ -180,22 +226,36 @@ def _architecture(checkpoint: Path) -> str:
 
 
 def render(checkpoint: Path, run: Path | None, corpus: Path | None, speed: Path | None) -> str:
-    return f"""{FRONT_MATTER}
+    return f"""{front_matter(checkpoint, run)}
 # Teller base (starter checkpoint)
 
-A small, CPU-trained checkpoint of **Teller**, an implementation of *Teller: Real-Time Streaming Audio-Driven
-Portrait Animation with Autoregressive Motion Generation* (CVPR 2025) with RealTalk's identity-prior
-conditioning. One portrait photo + speech (a file or a live microphone) → a talking-head video whose lips,
-jaw, eyes and head move with the voice, in real time on a CPU.
+A small, CPU-trained checkpoint of **Teller**, an implementation of
+[*Teller: Real-Time Streaming Audio-Driven Portrait Animation with Autoregressive Motion Generation*]({PAPER_URL})
+(Zhen et al., CVPR 2025) with RealTalk's identity-prior conditioning. One portrait photo + speech (a file or a live
+microphone) → a talking-head video whose lips, jaw, eyes and head move with the voice, in real time on a CPU.
+
+## Use
+
+The code is the `teller_pipeline` package (Apache-2.0; the project's source also holds the app and the training
+recipe). It is not on PyPI; in the project's source:
+
+```bash
+{INSTALL_COMMAND}
+```
 
 ```python
 from teller_pipeline import TellerPipeline
 
-pipe = TellerPipeline.from_pretrained("checkpoints/teller-base")   # or this repo's id on the Hub
+pipe = TellerPipeline.from_pretrained("{HUB_MODEL_ID}")   # or a local folder
 pipe(image="portrait.jpg", audio="speech.wav", seed=0).save("talk.mp4")
 ```
 
-Code, app and training recipe: the `teller_pipeline` package (Apache-2.0).
+diffusers' own loader returns the same pipeline: `DiffusionPipeline.from_pretrained("{HUB_MODEL_ID}",
+trust_remote_code=True)`. The repository's `.py` files (`pipeline_teller.py`, one per component folder) only
+import those classes from the installed package. Offline (`HF_HUB_OFFLINE=1`), load a cached copy with
+`TellerPipeline.from_pretrained`: diffusers 0.42 still asks the Hub for the commit of a repository's code.
+`dtype=torch.float16` (or `torch_dtype=`) loads the neural parts in half precision, and `pipe.to("cuda")` runs them
+on a GPU; the motion encoder and renderer compute in numpy on the CPU.
 
 ## Architecture
 
@@ -237,7 +297,7 @@ recordings (CMU ARCTIC). Lip sync is measured on the *rendered* video: the face 
 frames and the mouth opening compared with the opening implied by the phone timeline (forced alignment with
 pocketsphinx for the real recordings).
 
-{_read(run / "eval" / "metrics.md" if run else None, "Not evaluated yet.")}
+{_demote(_read(run / "eval" / "metrics.md" if run else None, "Not evaluated yet."), 2)}
 {_other_portraits(run)}
 
 ### What a viewer sees, per portrait
@@ -285,6 +345,12 @@ Intended for research, education, accessibility (giving a face to a voice the sp
 prototyping avatars from photos of people who consented. **Do not** use it to impersonate anyone, to make a
 person appear to say something they did not say, for fraud, harassment or political deception, or with a
 photo or voice of someone who has not agreed. Disclose that videos made with it are synthetic.
+
+## Citation
+
+```bibtex
+{CITATION}
+```
 """
 
 

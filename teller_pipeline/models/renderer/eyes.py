@@ -10,14 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ... import rig
 from .geometry import NUM_MESH_VERTICES, Contours, local_frame, opening_pixels, sample, similarity_2d, smoothstep
-
-# Eye contours from the outer to the inner corner (upper and lower lid), subject's right then left eye;
-# index k of the upper list pairs with index k of the lower list (see rig.EYELID_PAIRS_*).
-EYE_CONTOURS = (
-    ([33, 246, 161, 160, 159, 158, 157, 173, 133], [33, 7, 163, 144, 145, 153, 154, 155, 133]),
-    ([263, 466, 388, 387, 386, 385, 384, 398, 362], [263, 249, 390, 373, 374, 380, 381, 382, 362]),
-)
 
 
 @dataclass
@@ -30,7 +24,7 @@ class SourceEye:
 
 
 def measure_eye(points: np.ndarray, face_triangles: np.ndarray, upper: list[int], lower: list[int]) -> SourceEye:
-    """The eye between lid contours `upper` and `lower` (from EYE_CONTOURS) of the photo's landmarks."""
+    """The eye between lid contours `upper` and `lower` (from rig.EYE_CONTOURS) of the photo's landmarks."""
     return SourceEye(local_frame(points, upper, lower), *_lid_band(face_triangles, upper, lower))
 
 
@@ -69,7 +63,7 @@ def settle_lids(eyes: tuple[SourceEye, ...], source_points: np.ndarray, points: 
     """
     source = source_points[:NUM_MESH_VERTICES].astype(np.float64)
     closures = []
-    for (up, lo), eye in zip(EYE_CONTOURS, eyes, strict=True):
+    for (up, lo), eye in zip(rig.EYE_CONTOURS, eyes, strict=True):
         src, band, adjacency = eye.contours, eye.band, eye.band_weights
         gap_src = np.maximum(src.lower[:, 1] - src.upper[:, 1], 0.0)
         centre = len(up) // 2

@@ -24,7 +24,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
 from ... import rig
-from .eyes import EYE_CONTOURS, SourceEye, composite_eye, measure_eye, settle_lids
+from .eyes import SourceEye, composite_eye, measure_eye, settle_lids
 from .geometry import NUM_MESH_VERTICES, local_frame
 from .mouth import SourceMouth, composite_mouth, measure_mouth, seal_lips, settle_lips
 from .warp import ControlMesh, anchor_targets, control_mesh, delaunay_face, warp_photo
@@ -37,7 +37,7 @@ class RenderState:
     image: np.ndarray  # (H, W, 3) uint8
     mesh: ControlMesh  # the warp's control points and triangles
     mouth: SourceMouth
-    eyes: tuple[SourceEye, ...]  # subject's right eye, then left (as EYE_CONTOURS)
+    eyes: tuple[SourceEye, ...]  # subject's right eye, then left (as rig.EYE_CONTOURS)
 
 
 class GeometricRenderer(ModelMixin, ConfigMixin):
@@ -113,7 +113,7 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
             image=image,
             mesh=control_mesh(points, triangles, image.shape[:2], self.config),
             mouth=measure_mouth(image, points, self.config),
-            eyes=tuple(measure_eye(points, triangles, up, lo) for up, lo in EYE_CONTOURS),
+            eyes=tuple(measure_eye(points, triangles, up, lo) for up, lo in rig.EYE_CONTOURS),
         )
 
     # ------------------------------------------------------------------------------------------------
@@ -141,7 +141,7 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
             composite_mouth(frame, state.image, state.mouth, points, cfg)
             if lips_open < 1.0:
                 seal_lips(frame, state.mouth, points, lips_open, cfg.lip_seal)
-        for (up, lo), eye, closure in zip(EYE_CONTOURS, state.eyes, closures, strict=True):
+        for (up, lo), eye, closure in zip(rig.EYE_CONTOURS, state.eyes, closures, strict=True):
             if moved[up + lo].any():
                 composite_eye(frame, state.image, eye, local_frame(points, up, lo), closure, cfg.eye_widen_blend,
                               cfg.lash_width, cfg.lash_darkness)

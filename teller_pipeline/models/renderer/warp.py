@@ -18,7 +18,6 @@ import numpy as np
 from diffusers.configuration_utils import FrozenDict
 
 from ... import rig
-from .eyes import EYE_CONTOURS
 from .geometry import NUM_MESH_VERTICES, similarity_2d
 
 
@@ -84,7 +83,7 @@ def delaunay_face(points: np.ndarray) -> np.ndarray:
     from scipy.spatial import Delaunay
 
     opened = points.copy()
-    for upper, lower in [(rig.LIPS_INNER_UPPER, rig.LIPS_INNER_LOWER), *EYE_CONTOURS]:
+    for upper, lower in [(rig.LIPS_INNER_UPPER, rig.LIPS_INNER_LOWER), *rig.EYE_CONTOURS]:
         span = np.linalg.norm(points[upper[-1]] - points[upper[0]])
         inner = np.asarray(lower[1:-1])
         opened[inner, 1] += np.maximum(0.25 * span - (points[inner, 1] - points[upper[1:-1], 1]), 0.0)
