@@ -38,7 +38,14 @@ from .models.motion_generator import MotionGenerator  # noqa: F401
 from .models.motion_tokenizer import MotionTokenizer  # noqa: F401
 from .models.renderer import GeometricRenderer  # noqa: F401
 from .models.temporal_refiner import TemporalRefiner  # noqa: F401
-from .streaming import FPS, SLICE_SAMPLES, TellerSession, num_video_frames, torch_threads
+from .streaming import (
+    FPS,
+    SLICE_SAMPLES,
+    TellerSession,
+    check_num_threads,
+    num_video_frames,
+    torch_threads,
+)
 from .video import write_mp4
 
 FACE_LANDMARKER_FOLDER = "face_landmarker"
@@ -453,6 +460,8 @@ class TellerPipeline(DiffusionPipeline):
         )
         controls.validate()
         self._output_size(max_size)
+        if num_threads is not None:
+            check_num_threads(num_threads)
         samples = load_audio(audio, max_seconds=self.config.max_audio_seconds)
         session = self.start_session(self.prepare_source(image, max_size), num_threads=num_threads, **vars(controls))
         num_frames = num_video_frames(len(samples), self.config.min_video_seconds)

@@ -16,6 +16,7 @@ and a few refined frames. Offline generation (`TellerPipeline.__call__`) is this
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import threading
 import time
@@ -53,6 +54,13 @@ _render_pool_lock = threading.Lock()
 TORCH_THREADS = int(os.environ.get("TELLER_TORCH_THREADS", 1))
 
 
+def check_num_threads(num_threads: int) -> int:
+    """`num_threads` if it is a whole number ≥ 0, else a `ValueError` naming it."""
+    if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral) or num_threads < 0:
+        raise ValueError(f"num_threads must be an integer ≥ 0 (0 = torch's own setting), got {num_threads!r}")
+    return int(num_threads)
+
+
 @contextlib.contextmanager
 def torch_threads(num_threads: int | None = None) -> Iterator[None]:
     """Run the block at `num_threads` torch intra-op threads (None: `TORCH_THREADS`; 0: the caller's own setting),
@@ -63,9 +71,7 @@ def torch_threads(num_threads: int | None = None) -> Iterator[None]:
     a lock. A thread that first uses torch starts from the count set last anywhere, so one started while a Teller
     call runs elsewhere starts at Teller's count.
     """
-    wanted = TORCH_THREADS if num_threads is None else num_threads
-    if wanted < 0:
-        raise ValueError(f"num_threads must be ≥ 0 (0 = torch's own setting), not {wanted}")
+    wanted = TORCH_THREADS if num_threads is None else check_num_threads(num_threads)
     previous = torch.get_num_threads()
     if wanted == 0 or wanted == previous:
         yield

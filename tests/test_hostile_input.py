@@ -197,7 +197,8 @@ BAD_SETTINGS = [
     for name in ["head_motion_scale", "expression_scale", "blinks_per_minute", "breathing", "temperature",
                  "head_smoothing", "silence_threshold_db"]
     for value in [NAN, INF, -INF, -1.0 if name != "silence_threshold_db" else 10.0, "1"]
-] + [("top_k", value) for value in [0, -3, 2.5, NAN, "15"]] + [("seed", value) for value in [1.5, NAN, "7", None]]
+] + [("top_k", value) for value in [0, -3, 2.5, NAN, "15"]] + [("seed", value) for value in [1.5, NAN, "7", None]] + [
+    ("num_threads", value) for value in [-1, 1.5, NAN, "2"]]
 
 
 @pytest.mark.parametrize(("name", "value"), BAD_SETTINGS, ids=[f"{n}={v!r}" for n, v in BAD_SETTINGS])
