@@ -331,6 +331,26 @@ def test_the_app_explains_bad_photos_over_the_api(served_app, bad_photos):
         assert "/" not in str(error.value), "no server path in the message"
 
 
+@pytest.mark.browser
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="Debian's chromium is not installed")
+def test_the_page_explains_a_bad_photo(served_app, bad_photos):
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(f"{served_app[0]}/", wait_until="load")
+            page.get_by_role("heading", name="Teller").wait_for(timeout=30_000)
+            page.locator("input[type=file]").first.set_input_files(bad_photos["notes.jpg"])  # the Portrait
+            page.locator("input[type=file]").nth(1).set_input_files(REAL_SPEECH)  # the Speech
+            page.get_by_role("button", name="Animate").click()
+            message = page.get_by_text("This photo cannot be used").first
+            message.wait_for(timeout=30_000)
+            assert message.inner_text().startswith(f"This photo cannot be used: {PHOTO_ERRORS['notes.jpg']}")
+        finally:
+            browser.close()
+
+
 def test_the_app_animates_a_group_photo(served_app, group_photo, tmp_path):
     gradio_client = pytest.importorskip("gradio_client")
     from teller_pipeline.video import probe_media
