@@ -325,7 +325,7 @@ def test_cli_generate(tmp_path):
          str(REAL_SPEECH), "--audio", str(REAL_SPEECH), "--output", str(tmp_path / "bad.mp4")],
         capture_output=True, text=True, timeout=300,
     )
-    assert bad.returncode == 2 and "not a readable image" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "is a sound file, not a photo" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_copy_of_checkpoint_is_self_contained(tmp_path):
