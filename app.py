@@ -31,7 +31,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import torch
-from gradio import processing_utils
+from gradio import processing_utils, route_utils
 from gradio.data_classes import ImageData
 
 from app_live import FramesAndVoice, LiveServer, live_frames, visitor_errors
@@ -108,10 +108,16 @@ OUTPUTS = Path(tempfile.mkdtemp(prefix="teller-outputs-"))
 
 
 @atexit.register
-def _remove_outputs(owner: int = os.getpid()) -> None:
-    """The results folder goes when the app exits (not when a forked ZeroGPU worker does: it is the app's)."""
-    if os.getpid() == owner:
-        shutil.rmtree(OUTPUTS, ignore_errors=True)
+def _remove_temporary_files(owner: int = os.getpid()) -> None:
+    """When the app exits (not a forked ZeroGPU worker: the files are the app's), remove the results folder and
+    the visitors' files in Gradio's cache. Gradio deletes the latter itself when its server shuts down, but a
+    server with open connections (any open page) is still shutting down when Gradio gives up waiting for it (5 s)
+    and the process ends."""
+    if os.getpid() != owner:
+        return
+    shutil.rmtree(OUTPUTS, ignore_errors=True)
+    with contextlib.suppress(Exception):  # nothing at exit may stop the exit
+        route_utils.delete_files_created_by_app(demo, age=None)
 
 
 def generate(

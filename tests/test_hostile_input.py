@@ -377,9 +377,17 @@ def test_the_app_caps_uploads(served_app, tmp_path):
     assert response.status_code == 413
 
 
-def test_the_app_leaves_no_temporary_folders(served_app):
+def test_the_app_leaves_no_temporary_files(served_app):
+    # Run last: stops the app. The visitors' uploads and results (the tests above sent some) go with it; Gradio's
+    # copies of the example files may stay.
     url, temp, process = served_app
+
+    def gradio_files() -> set[str]:
+        return {path.name for path in (temp / "gradio").rglob("*") if path.is_file()}
+
     assert any(temp.glob("teller-outputs-*")), "the app made its results folder here"
+    assert {"group.jpg", "notes.jpg"} <= gradio_files(), "visitors' uploads are in Gradio's cache"
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
     assert not any(temp.glob("teller-outputs-*"))
+    assert gradio_files() <= {path.name for path in EXAMPLES.iterdir()}
