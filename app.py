@@ -60,8 +60,8 @@ OUTPUT_MIN_SIZE, OUTPUT_MAX_SIZE, OUTPUT_SIZE_STEP = 256, 1024, 128
 OUTPUT_DEFAULT_SIZE = 512
 # Gradio 6.31's microphone sends 0.1 s chunks whatever `stream_every` asks for (its frontend fixes it); say so.
 CHUNK_SECONDS = 0.1
-# Largest file a visitor may upload: a 40 MP photo (the pipeline's limit) or a minute of uncompressed stereo speech
-# fits well below it.
+# Largest file a visitor may upload: a 40 MP JPEG (the pipeline's pixel limit; 10-20 MB) or a minute of stereo
+# speech as uncompressed float (23 MB) fits.
 MAX_UPLOAD_SIZE = "50mb"
 # Serve the Generate tab as an MCP tool too, where Gradio's `mcp` extra is installed.
 MCP_SERVER = importlib.util.find_spec("mcp") is not None
@@ -341,7 +341,7 @@ LAUNCH_OPTIONS = dict(theme=gr.themes.Soft(), allowed_paths=[str(EXAMPLES)], mcp
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     logger.setLevel(os.environ.get("TELLER_LOG_LEVEL", "INFO"))
-    # A stop request (SIGTERM, as from a process manager) ends the app as Ctrl-C does: Gradio closes its server and
-    # deletes its cached files, and the results folder goes with the process.
+    # A stop request (SIGTERM, as from a process manager) ends the app as Ctrl-C does, so the clean-up at exit
+    # (`_remove_temporary_files`) runs.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     demo.launch(**LAUNCH_OPTIONS)
