@@ -73,6 +73,7 @@ PHOTO_ERRORS = {
 }
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL's own, as it reads the header
 @pytest.mark.parametrize("name", list(PHOTO_ERRORS))
 def test_a_file_that_is_not_a_usable_photo_is_named_and_explained(pipe, bad_photos, name, speech):
     start = time.perf_counter()
@@ -81,6 +82,7 @@ def test_a_file_that_is_not_a_usable_photo_is_named_and_explained(pipe, bad_phot
     assert time.perf_counter() - start < 1.0, "refused before any real work"
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL's own, as it reads the header
 def test_photo_pixels_are_counted_from_the_header_before_decoding(monkeypatch, bad_photos):
     from teller_pipeline import pipeline_teller
 
