@@ -192,6 +192,7 @@ class FaceAnalyzer:
             output_face_blendshapes=True,
         )
         self._landmarker = vision.FaceLandmarker.create_from_options(options)
+        _unclosed_landmarkers.add(self._landmarker)
         self._lock = threading.Lock()
         _open_analyzers.add(self)
 
@@ -260,7 +261,7 @@ class FaceAnalyzer:
     def close(self) -> None:
         landmarker, self._landmarker = getattr(self, "_landmarker", None), None
         if landmarker is not None:
-            landmarker.close()
+            _close_landmarker(landmarker)
 
     def __del__(self) -> None:
         # Not `self.close()` here: garbage collection can run this in the middle of an import, and MediaPipe's
@@ -269,9 +270,24 @@ class FaceAnalyzer:
         landmarker, self._landmarker = getattr(self, "_landmarker", None), None
         if landmarker is not None:
             try:
-                threading.Thread(target=landmarker.close, name="teller-landmarker-close", daemon=True).start()
+                threading.Thread(target=_close_landmarker, args=(landmarker,), name="teller-landmarker-close",
+                                 daemon=True).start()
             except RuntimeError:  # interpreter shutting down: the atexit hook below closes what is left
                 pass
+
+
+# Every landmarker stays referenced from here until it is closed explicitly: otherwise, when an analyzer dies in a
+# reference cycle (a pipeline and its components), the collector also runs MediaPipe's own finaliser on the
+# collecting thread, with the deadlock `FaceAnalyzer.__del__` avoids (seen in a test failure's report, whose
+# source parsing triggered a collection). A closed landmarker's own finaliser returns at once.
+_unclosed_landmarkers: set = set()
+
+
+def _close_landmarker(landmarker) -> None:
+    try:
+        landmarker.close()
+    finally:
+        _unclosed_landmarkers.discard(landmarker)
 
 
 # Tile sizes tried for small faces, as fractions 1/k of the image's longer side; tiles below MIN_TILE_SIDE pixels
