@@ -118,7 +118,9 @@ def test_from_pretrained_takes_a_dtype_as_diffusers_does(pipe, speech, kwargs):
         assert np.array_equal(frames, reference)
     else:
         assert frames.shape == reference.shape
-        assert np.abs(frames.astype(np.int16) - reference).mean() < 0.5  # measured 0.01 levels in bfloat16
+        # bfloat16 can flip a sampled motion token, which moves the mouth a little: 0.77 levels on average
+        # with the bundled checkpoint (0.01 with the previous one)
+        assert np.abs(frames.astype(np.int16) - reference).mean() < 2.0
 
 
 @pytest.fixture(scope="module")

@@ -317,20 +317,22 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
 ## Limitations
 
 - Mouth size (table "What a viewer sees" above): at default settings, on real speech with pauses, the
-  landmarker reads the lips of closed-mouth and speaking photos parting to a p90 of 0.094–0.117 of the eye-corner
-  distance and a maximum of 0.17–0.21, 0.74–0.92 of what the phones ask: short of the p90 ≥ 0.12 a talking
-  person shows. The landmarker reads the synthesised open mouth ~15 % smaller than the landmarks that drive it
-  (an open "aa" driven at 0.28 is read as 0.22–0.25 in a probe of the shape `tests/test_portraits.py` renders),
-  whatever the teeth and tongue look like. Photos smiling
-  broadly with teeth (Obama smiling, the party photos) open less (ratio 0.46–0.8).
+  landmarker reads the lips parting to a p90 of 0.116–0.160 of the eye-corner distance (≈ 1–1.5 cm) and a maximum
+  of 0.17–0.23, 0.91–1.26 of what the phones ask. Grace Hopper (p90 0.116) and the astronaut (0.119) stay just
+  under the p90 ≥ 0.12 a talking person shows, Jesper's maximum (0.167) under 0.18, and the two party photos
+  overshoot (ratio 1.22 and 1.26 against 1.2). Identity priors are clamped to the training faces' range
+  (`MotionGenerator.fit_identity_range`): real photos land far outside a synthetic corpus' faces, and before the
+  clamp the generator answered the smiling and turned faces with a nearly shut mouth (p90 0.059–0.074).
+- Held-out synthetic voices: the lips meet less on p/b/m than on real recordings (bilabial ratio 0.24–0.57 on
+  the held-out group, ≤ 0.3 on two of eight portraits; 0.00–0.14 on real speech except the three-quarter view,
+  0.40).
 - A mouth photographed open is closed by geometry (`MotionEncoder.close_lips`): in the pauses of real and
-  held-out speech the lips meet in ≥ 90 % of silent frames on seven of eight portraits; the scanned
-  three-quarter party photo is read as open in most of them, and at the neutral rest pose Obama speaking keeps a
-  dark line where the photo's wide-open cavity was (the landmarker reads 0.076).
+  held-out speech the lips meet in ≥ 90 % of silent frames on six of eight portraits; on the two scanned party
+  photos the seam looks closed on the contact sheets, but the landmarker reads the lips 0.03–0.05 apart.
 - Head motion measured on rendered frames is dominated by the landmarker's own frame-to-frame noise (the
-  corpus' motion rendered and measured the same way reads within 0.91–1.24× of the generated). Before rendering,
-  the default 0.3 s head smoothing keeps the generated head's speed within 0.99–1.13× and its jitter within
-  1.24–1.44× of the corpus' motion; its slow sway is about half the corpus' and lags the speech by ~0.3 s.
+  corpus' motion rendered and measured the same way reads within 0.92–1.24× of the generated). Before rendering,
+  the default 0.3 s head smoothing keeps the generated head's speed within 0.95–1.15× and its jitter within
+  1.19–1.41× of the corpus' motion; its slow sway is about half the corpus' and lags the speech by ~0.3 s.
 - Trained only on synthetic voices and synthesized motion: lip shapes follow a viseme model, not real
   faces, and expressiveness (emotion, gaze, large head turns) is limited.
 - The geometric renderer moves the photo's own pixels: large head rotations, profile photos, occlusions
