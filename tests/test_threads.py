@@ -49,14 +49,14 @@ def _counts(seen: list[tuple[str, int]]) -> set[int]:
 
 def test_call_runs_at_the_package_count_and_leaves_the_callers(pipe, speech, caller_threads):
     with observed_threads(pipe) as seen:
-        pipe(ASTRONAUT, speech[:8000], max_size=96)
+        pipe(ASTRONAUT, speech[:8000], max_size=128)
     assert _counts(seen) == {streaming.TORCH_THREADS}
     assert torch.get_num_threads() == caller_threads
 
 
 def test_session_push_and_finish_run_at_the_package_count(pipe, speech, caller_threads):
     with observed_threads(pipe) as seen:
-        session = pipe.start_session(ASTRONAUT, max_size=96)
+        session = pipe.start_session(ASTRONAUT, max_size=128)
         assert torch.get_num_threads() == caller_threads
         frames = session.push(speech[:9600], 16000)
         assert frames and torch.get_num_threads() == caller_threads
@@ -68,7 +68,7 @@ def test_session_push_and_finish_run_at_the_package_count(pipe, speech, caller_t
 def test_stream_restores_the_callers_count_between_chunks(pipe, speech, caller_threads):
     chunks = [speech[i : i + 3200] for i in range(0, 12800, 3200)]
     with observed_threads(pipe) as seen:
-        for _ in pipe.stream(ASTRONAUT, chunks, max_size=96):
+        for _ in pipe.stream(ASTRONAUT, chunks, max_size=128):
             assert torch.get_num_threads() == caller_threads  # the caller's code between the chunks
     assert _counts(seen) == {streaming.TORCH_THREADS}
 
@@ -76,19 +76,19 @@ def test_stream_restores_the_callers_count_between_chunks(pipe, speech, caller_t
 @pytest.mark.parametrize("num_threads", [3, 0], ids=["explicit", "callers-own"])
 def test_num_threads_argument(pipe, speech, caller_threads, num_threads):
     with observed_threads(pipe) as seen:
-        pipe(ASTRONAUT, speech[:8000], max_size=96, num_threads=num_threads)
+        pipe(ASTRONAUT, speech[:8000], max_size=128, num_threads=num_threads)
     assert _counts(seen) == {num_threads or caller_threads}
     assert torch.get_num_threads() == caller_threads
 
 
 def test_negative_num_threads_is_refused(pipe):
     with pytest.raises(ValueError, match="num_threads"):
-        pipe.start_session(ASTRONAUT, max_size=96, num_threads=-1)
+        pipe.start_session(ASTRONAUT, max_size=128, num_threads=-1)
 
 
 def test_sessions_in_two_threads_at_once_each_keep_their_threads_count(pipe, speech, caller_threads):
     """As the app's sessions run: two threads, each with its own torch setting, push and finish side by side."""
-    source = pipe.prepare_source(ASTRONAUT, max_size=96)
+    source = pipe.prepare_source(ASTRONAUT, max_size=128)
     own = {"first": CALLER_THREADS + 1, "second": CALLER_THREADS + 2}
     after: dict[str, int] = {}
     both_started = threading.Barrier(2, timeout=60)
@@ -121,6 +121,6 @@ def test_sessions_in_two_threads_at_once_each_keep_their_threads_count(pipe, spe
 
 def test_frames_do_not_depend_on_the_thread_count(pipe, speech):
     """The default changed torch's count for callers who never set it; what they get must not change with it."""
-    one, two = (pipe(ASTRONAUT, speech[:24000], seed=2, max_size=96, num_threads=n).frames for n in (1, 2))
+    one, two = (pipe(ASTRONAUT, speech[:24000], seed=2, max_size=128, num_threads=n).frames for n in (1, 2))
     assert len(one) == 38
     assert all((a == b).all() for a, b in zip(one, two, strict=True))
