@@ -43,8 +43,8 @@ EVAL_DATASETS = {
 
 
 def _eval_results(run: Path | None) -> list[EvalResult]:
-    """Lip sync on the rendered video, per evaluated portrait and speech group, at the precision the card's tables
-    print (`eval*/metrics.json`)."""
+    """Lip sync on the rendered video (`eval*/metrics.json`) and the mouth's size (`portraits/metrics.json`), per
+    portrait and speech group, at the precision the card's tables print."""
     results = []
     for file in sorted(run.glob("eval*/metrics.json")) if run else []:
         measured = json.loads(file.read_text())
@@ -58,13 +58,27 @@ def _eval_results(run: Path | None) -> list[EvalResult]:
                 ("offset_ms", "audio-to-mouth offset (ms)", summary["offset_ms"], 1),
                 ("closed_in_silence", "mouth closed in silent frames (share)", summary["closed_share"], 3),
             ]
-            results += [
-                EvalResult(task_type="image-to-video", task_name="Audio-driven portrait animation", **dataset,
-                           dataset_config=portrait, metric_type=kind, metric_name=name,
-                           metric_value=round(value, digits))
-                for kind, name, value, digits in metrics if value is not None
-            ]
+            results += _results(dataset, portrait, metrics)
+    portraits = run / "portraits" / "metrics.json" if run else None
+    if portraits and portraits.is_file():  # what a viewer sees: how far the lips part, at the table's precision
+        for portrait, groups in json.loads(portraits.read_text())["portraits"].items():
+            for group, dataset in EVAL_DATASETS.items():
+                m = groups.get(group)
+                if m:
+                    results += _results(dataset, portrait, [
+                        ("lip_gap_p90", "lip gap p90 (inner-lip gap / eye-corner distance)", m["gap_p90"], 3),
+                        ("amplitude_ratio", "lip gap p90 / phone-implied p90", m["amplitude_ratio"], 3),
+                        ("bilabial_ratio", "lip gap at p/b/m / at open vowels", m["bilabial_ratio"], 3),
+                    ])
     return results
+
+
+def _results(dataset: dict, portrait: str, metrics: list[tuple[str, str, float | None, int]]) -> list[EvalResult]:
+    return [
+        EvalResult(task_type="image-to-video", task_name="Audio-driven portrait animation", **dataset,
+                   dataset_config=portrait, metric_type=kind, metric_name=name, metric_value=round(value, digits))
+        for kind, name, value, digits in metrics if value is not None and np.isfinite(value)
+    ]
 
 
 def front_matter(checkpoint: Path, run: Path | None) -> str:
