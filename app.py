@@ -258,6 +258,7 @@ position: relative; background: var(--block-background-fill);
 video { display: block; width: 100%; height: 480px; object-fit: contain; background: #000; }
 .teller-live-hint { position: absolute; inset: auto 0 45% 0; text-align: center; color: #ddd; pointer-events: none; }
 .teller-live-hint b { color: #fff; }
+.teller-live-ended .teller-live-hint { inset: auto 0 0 0; padding: 6px; color: #fff; background: rgb(0 0 0 / 60%); }
 """
 
 with gr.Blocks(title="Teller: make a portrait speak", delete_cache=(3600, 3600)) as demo:
@@ -318,7 +319,10 @@ with gr.Blocks(title="Teller: make a portrait speak", delete_cache=(3600, 3600))
                     gr.Markdown(f"A live session lasts up to {LIVE_SECONDS:g} s. Headphones avoid echo.")
             gr.on([live_portrait.change, live_size.change], live.analyse_portrait, [live_portrait, live_size],
                   live_status, api_name=False)
-            mic.start_recording(
+            # The session runs as a step after the record button's event rather than on it: when recording stops,
+            # Gradio's page closes every event the microphone triggered and drops their further output, which
+            # would lose the video still being made for the last words.
+            mic.start_recording(None, None, None, api_name=False, show_progress="hidden").then(
                 live.session,
                 [live_portrait, live_head, live_expression, live_blinks, live_size],
                 live_video,

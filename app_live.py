@@ -114,6 +114,11 @@ class LiveSessions:
         if chunks is not None:
             chunks.put(None)
 
+    def is_running(self, key: str, chunks: queue.Queue) -> bool:
+        """Whether the session with this chunk queue is still taking speech (not stopped, not replaced)."""
+        with self._lock:
+            return self._live.get(key) is chunks
+
     def is_live(self, key: str) -> bool:
         with self._lock:
             return key in self._live
@@ -276,9 +281,11 @@ class LiveServer:
                         logger.info("live %s: first video %.2f s after recording started", key[:8],
                                     time.monotonic() - started)
                     logger.debug("live %s: %d frames at %.2f s", key[:8], len(batch), time.monotonic() - started)
-                    yield _player_chunk(player, writer.write(list(batch), audio))
+                    # After Stop, what is still coming is the video of the last words: the player plays it all.
+                    final = not self.sessions.is_running(key, chunks)
+                    yield _player_chunk(player, writer.write(list(batch), audio), final=final)
                 if writer is not None:
-                    yield _player_chunk(player, writer.close(), end=True)
+                    yield _player_chunk(player, writer.close(), final=True, end=True)
         finally:
             if frames is not None:
                 frames.close()  # the visitor left mid-session: end the model's loop too
@@ -298,8 +305,10 @@ class LiveServer:
         self.sessions.stop(request.session_hash, forget=True)
 
 
-def _player_chunk(player: dict, data: bytes, end: bool = False) -> dict:
-    """The player's value for one chunk; numbered, so the page can tell if one went missing."""
-    chunk = player | dict(data=base64.b64encode(data).decode("ascii"), end=end)
+def _player_chunk(player: dict, data: bytes, final: bool = False, end: bool = False) -> dict:
+    """The player's value for one chunk; numbered, so the page can tell if one went missing. `final`: the speech
+    has ended, so the player plays every frame from here on instead of skipping ahead to keep up; `end`: the
+    stream's last chunk."""
+    chunk = player | dict(data=base64.b64encode(data).decode("ascii"), final=final, end=end)
     player["seq"] += 1
     return chunk

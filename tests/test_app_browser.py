@@ -205,3 +205,35 @@ def test_closing_the_tab_ends_the_live_session(page, server):
         time.sleep(0.1)
     assert app.live.sessions.count() == 0, "the session outlived its visitor"
 
+
+
+def test_stop_plays_the_live_video_to_its_end_then_says_the_session_ended(page, server):
+    app = server[0]
+    heard = []  # seconds of each microphone chunk the session took
+    take = app.live.sessions.push
+
+    def counting_push(key, chunk):
+        taken = take(key, chunk)
+        if taken:
+            heard.append(len(chunk[1]) / chunk[0])
+        return taken
+
+    app.live.sessions.push = counting_push
+    try:
+        page.get_by_role("tab", name="Live").click()
+        page.locator(".gallery button, button.gallery-item").first.click()  # the astronaut
+        page.get_by_text("Portrait ready").wait_for(timeout=30_000)
+        page.get_by_role("button", name="Record").click()
+        page.wait_for_function("() => document.querySelector('#live-video video').currentTime > 2", timeout=30_000)
+        page.get_by_role("button", name="Stop").click()
+        stopped = page.evaluate(VIDEO_STATE)["time"]
+        # The video of the last words plays out to the end of the stream.
+        page.wait_for_function("() => document.querySelector('#live-video video').ended", timeout=30_000)
+    finally:
+        app.live.sessions.push = take
+    played = page.evaluate("() => document.querySelector('#live-video video').currentTime")
+    speech = sum(heard)
+    print(f"\nStop: speech sent {speech:.2f} s, the video played to {played:.2f} s (at Stop it was at {stopped:.2f} s)")
+    assert abs(played - speech) <= 0.3, f"the video ended at {played:.2f} s for {speech:.2f} s of speech"
+    _shown(page, "Session ended").wait_for(state="visible", timeout=5_000)
+    assert page.teller_console == []  # every chunk arrived, in order, and the MediaSource took it

@@ -1,13 +1,15 @@
 // The Live tab's player (the `js_on_load` of a gr.HTML in app.py; Gradio runs it with `element`, `props` and
 // `watch` defined). The live session yields one chunk of a fragmented MP4 at a time as this component's value,
-// {session, seq, mime, data: base64, end}; they are appended to a MediaSource as they arrive, so the first frames
+// {session, seq, mime, data: base64, final, end}; they are appended to a MediaSource as they arrive, so the first frames
 // play about 0.1 s after they reach the page. Gradio's own streaming video goes through an HLS player
 // instead, which re-encodes each segment on the server and buffers in the page: about a second more.
 const video = element.querySelector("video");
 const hint = element.querySelector(".teller-live-hint");
 const MediaSourceType = window.ManagedMediaSource || window.MediaSource; // Safari on iPhone has only the first
 // Playback stays close to the newest frame: after a stall (the server caught up in one larger chunk, or the
-// network hiccuped) it skips ahead rather than lag behind the voice for the rest of the session.
+// network hiccuped) it skips ahead rather than lag behind the voice for the rest of the session. Once the speech
+// has ended (chunks marked `final`, the video of the last words) nothing is skipped: it all plays, then the player
+// says the session ended.
 const MAX_BEHIND_SECONDS = 1.0;
 const RESUME_BEHIND_SECONDS = 0.3;
 
@@ -15,7 +17,8 @@ let session = null; // the live session whose chunks are playing
 let source = null;
 let buffer = null;
 let pending = []; // chunks waiting for the SourceBuffer
-let ending = false;
+let ending = false; // the stream's last chunk has come
+let final = false; // the speech has ended: play every frame that comes
 let expected = 0; // the next chunk's number
 
 function decode(base64) {
@@ -34,6 +37,9 @@ function start(value) {
   session = value.session;
   pending = [];
   ending = false;
+  final = false;
+  element.classList.remove("teller-live-ended");
+  showHint("");
   buffer = null;
   if (!MediaSourceType || !MediaSourceType.isTypeSupported(value.mime)) {
     showHint("This browser cannot play the live video (no Media Source Extensions for H.264 + AAC).");
@@ -74,7 +80,8 @@ function play() {
   const ranges = video.buffered;
   if (!ranges.length) return;
   const newest = ranges.end(ranges.length - 1);
-  if (newest - video.currentTime > MAX_BEHIND_SECONDS || video.currentTime < ranges.start(0)) {
+  const behind = newest - video.currentTime > MAX_BEHIND_SECONDS && !final;
+  if (behind || video.currentTime < ranges.start(0)) {
     video.currentTime = Math.max(ranges.start(ranges.length - 1), newest - RESUME_BEHIND_SECONDS);
   }
   if (video.paused && !video.ended) {
@@ -93,6 +100,11 @@ video.addEventListener("click", () => {
     showHint("");
   }
 });
+video.addEventListener("ended", () => {
+  if (!ending) return;
+  element.classList.add("teller-live-ended");
+  showHint("Session ended. Press Record to speak again.");
+});
 video.addEventListener("playing", () => {
   if (!video.muted) showHint("");
 });
@@ -108,5 +120,6 @@ watch("value", () => {
   expected = value.seq + 1;
   if (value.data) pending.push(decode(value.data));
   ending = Boolean(value.end);
+  final = Boolean(value.final);
   feed();
 });
