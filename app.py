@@ -258,7 +258,7 @@ position: relative; background: var(--block-background-fill);
 video { display: block; width: 100%; height: 480px; object-fit: contain; background: #000; }
 .teller-live-hint { position: absolute; inset: auto 0 45% 0; text-align: center; color: #ddd; pointer-events: none; }
 .teller-live-hint b { color: #fff; }
-.teller-live-ended .teller-live-hint { inset: auto 0 0 0; padding: 6px; color: #fff; background: rgb(0 0 0 / 60%); }
+.teller-live-hint.teller-live-ended { inset: auto 0 0 0; padding: 6px; color: #fff; background: rgb(0 0 0 / 60%); }
 """
 
 with gr.Blocks(title="Teller: make a portrait speak", delete_cache=(3600, 3600)) as demo:

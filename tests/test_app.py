@@ -254,6 +254,10 @@ def test_live_chunks_in_video_stream_out(app, mic_speech):
     assert [chunk["seq"] for chunk in visitor.chunks] == list(range(len(visitor.chunks)))
     assert all(chunk["mime"].startswith('video/mp4; codecs="avc1.') for chunk in visitor.chunks)
     assert [chunk["end"] for chunk in visitor.chunks] == [False] * (len(visitor.chunks) - 1) + [True]
+    # What comes after Stop, the frames of the last words (the last 0.2 s wait for the end) and the stream's end, is
+    # marked final: the player plays it all rather than skip ahead.
+    finals = [chunk["final"] for chunk in visitor.chunks]
+    assert finals == sorted(finals) and sum(finals) >= 2
     assert not app.live.sessions.is_live("live-basic")
 
 

@@ -207,7 +207,7 @@ def test_closing_the_tab_ends_the_live_session(page, server):
 
 
 
-def test_stop_plays_the_live_video_to_its_end_then_says_the_session_ended(page, server):
+def test_stop_plays_the_live_video_to_its_end_then_says_the_session_ended(page, server, screenshots):
     app = server[0]
     heard = []  # seconds of each microphone chunk the session took
     take = app.live.sessions.push
@@ -224,7 +224,10 @@ def test_stop_plays_the_live_video_to_its_end_then_says_the_session_ended(page, 
         page.locator(".gallery button, button.gallery-item").first.click()  # the astronaut
         page.get_by_text("Portrait ready").wait_for(timeout=30_000)
         page.get_by_role("button", name="Record").click()
-        page.wait_for_function("() => document.querySelector('#live-video video').currentTime > 2", timeout=30_000)
+        page.wait_for_function("() => document.querySelector('#live-video video').currentTime > 4", timeout=30_000)
+        # Skips after Stop (the player jumping ahead to keep up) would leave the last words unseen.
+        page.evaluate("""() => { window.__teller_skips = 0; document.querySelector('#live-video video')
+                         .addEventListener('seeking', () => { window.__teller_skips += 1; }); }""")
         page.get_by_role("button", name="Stop").click()
         stopped = page.evaluate(VIDEO_STATE)["time"]
         # The video of the last words plays out to the end of the stream.
@@ -235,5 +238,8 @@ def test_stop_plays_the_live_video_to_its_end_then_says_the_session_ended(page, 
     speech = sum(heard)
     print(f"\nStop: speech sent {speech:.2f} s, the video played to {played:.2f} s (at Stop it was at {stopped:.2f} s)")
     assert abs(played - speech) <= 0.3, f"the video ended at {played:.2f} s for {speech:.2f} s of speech"
+    assert page.evaluate("() => window.__teller_skips") == 0, "the player skipped part of the last words"
     _shown(page, "Session ended").wait_for(state="visible", timeout=5_000)
+    assert page.locator("#live-video .teller-live-label").inner_text() == "Ended"
+    page.locator("#live-video").screenshot(path=screenshots / "live_session_ended.png")
     assert page.teller_console == []  # every chunk arrived, in order, and the MediaSource took it

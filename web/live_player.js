@@ -5,6 +5,7 @@
 // instead, which re-encodes each segment on the server and buffers in the page: about a second more.
 const video = element.querySelector("video");
 const hint = element.querySelector(".teller-live-hint");
+const label = element.querySelector(".teller-live-label");
 const MediaSourceType = window.ManagedMediaSource || window.MediaSource; // Safari on iPhone has only the first
 // Playback stays close to the newest frame: after a stall (the server caught up in one larger chunk, or the
 // network hiccuped) it skips ahead rather than lag behind the voice for the rest of the session. Once the speech
@@ -38,7 +39,8 @@ function start(value) {
   pending = [];
   ending = false;
   final = false;
-  element.classList.remove("teller-live-ended");
+  hint.classList.remove("teller-live-ended");
+  label.textContent = "Live";
   showHint("");
   buffer = null;
   if (!MediaSourceType || !MediaSourceType.isTypeSupported(value.mime)) {
@@ -102,7 +104,8 @@ video.addEventListener("click", () => {
 });
 video.addEventListener("ended", () => {
   if (!ending) return;
-  element.classList.add("teller-live-ended");
+  hint.classList.add("teller-live-ended");
+  label.textContent = "Ended";
   showHint("Session ended. Press Record to speak again.");
 });
 video.addEventListener("playing", () => {
