@@ -167,7 +167,7 @@ def _use_hub_cache(monkeypatch, cache: Path) -> None:
 
 
 # diffusers 0.42.1 asks the Hub for the commit of a repository's code even when the repository is cached
-# (`get_cached_module_file` calls `model_info`, a TODO there), which offline mode refuses.
+# (`get_cached_module_file` calls `model_info`), which offline mode refuses.
 DIFFUSERS_ASKS_THE_COMMIT = "diffusers 0.42.1 asks the Hub for the commit of cached remote code (model_info)"
 
 
