@@ -27,7 +27,10 @@ Measured on the *rendered frames* by MediaPipe's face landmarker, as an outside 
   (deg/s) and jitter (mean |second difference| per frame, degrees); the reference is the corpus' own motion of
   the held-out utterances rendered on the same portrait and measured the same way (the landmarker's own
   frame-to-frame noise is in both). Also before rendering: the head pose the session decodes
-  (`decoded_head_rotations`) against the corpus' motion itself.
+  (`decoded_motion`) against the corpus' motion itself.
+* **driven gap**: the same gap on the landmarks the renderer is given (before rendering), with its p90, maximum,
+  amplitude ratio and bilabial ratio: what the motion asks for, apart from how the renderer and the landmarker
+  show it. On a photo whose mouth is open the two differ most (its own teeth ride on the lips).
 
 Writes `<output>/metrics.md`, `metrics.json`, and per portrait a contact sheet `sheets/<name>.png` (the widest-open
 frames, a mid-bilabial frame, a blink and a pause at full resolution, with their mouths enlarged below) and a
@@ -54,6 +57,7 @@ from teller_pipeline.streaming import FPS
 from teller_recipe import ROOT
 from teller_recipe.evaluation.evaluate import (
     REAL_RECORDINGS,
+    lip_gap,
     load_test_split,
     measure,
     pearson,
@@ -136,20 +140,32 @@ def held_out_speech(corpus: str | Path, count: int) -> list[Speech]:
             for row in rows]
 
 
+@dataclass
+class Decoded:
+    """What the pipeline decoded, before rendering: per decode call, head rotations (degrees, axis-angle) and the
+    lip gap of the landmarks handed to the renderer."""
+
+    rotations: list[np.ndarray]
+    gaps: list[np.ndarray]
+
+
 @contextmanager
-def decoded_head_rotations(pipe) -> Iterator[list[np.ndarray]]:
-    """Collects the head rotation (degrees, axis-angle) of every motion latent the pipeline decodes while inside:
-    the generated head itself, before rendering and the landmarker's own noise."""
-    rotations: list[np.ndarray] = []
+def decoded_motion(pipe) -> Iterator[Decoded]:
+    """Collects every motion latent the pipeline decodes while inside: the generated head and mouth themselves,
+    before rendering and the landmarker's own noise."""
+    decoded = Decoded([], [])
     decode = pipe.motion_encoder.decode
 
     def recording(source, motion):
-        rotations.append(np.degrees(matrix_to_axis_angle(torch.from_numpy(motion[:, rig.ROTATION_ROWS])).numpy()))
-        return decode(source, motion)
+        decoded.rotations.append(
+            np.degrees(matrix_to_axis_angle(torch.from_numpy(motion[:, rig.ROTATION_ROWS])).numpy()))
+        landmarks = decode(source, motion)
+        decoded.gaps.append(np.array([lip_gap(points) for points in landmarks]))
+        return landmarks
 
     pipe.motion_encoder.decode = recording
     try:
-        yield rotations
+        yield decoded
     finally:
         del pipe.motion_encoder.decode  # back to the class's method
 
@@ -161,8 +177,9 @@ def head_statistics(rotations_deg: list[np.ndarray]) -> dict[str, float]:
     return {"speed_deg_s": float(np.nanmean(speeds)), "jitter_deg": float(np.nanmean(jitter))}
 
 
-def group_metrics(items: list[tuple[Speech, np.ndarray, np.ndarray]]) -> dict:
-    """items: (speech, rendered gap per frame, implied gap per frame)."""
+def group_metrics(items: list[tuple[Speech, np.ndarray, np.ndarray]], driven: list[np.ndarray] | None = None) -> dict:
+    """items: (speech, rendered gap per frame, implied gap per frame); `driven`: per item, the gap of the
+    landmarks the renderer was given, which adds the `driven_*` entries."""
     from teller_recipe.corpus.motion_synth import frame_times, silence_mask
 
     gaps, implied, bilabial, vowel, closed, silent = [], [], [], [], 0, 0
@@ -190,7 +207,15 @@ def group_metrics(items: list[tuple[Speech, np.ndarray, np.ndarray]]) -> dict:
         "bilabial_ratio": float(np.nanmean(bilabial) / np.nanmean(vowel)) if bilabial and vowel else float("nan"),
         "bilabial_frames": len(bilabial),
         "closed_in_silence": closed / silent if silent else float("nan"), "silent_frames": silent,
-    }
+    } | (_driven_metrics(items, driven, implied_p90) if driven is not None else {})
+
+
+def _driven_metrics(items: list[tuple[Speech, np.ndarray, np.ndarray]], driven: list[np.ndarray],
+                    implied_p90: float) -> dict:
+    measured = group_metrics([(speech, gap, target) for (speech, _, target), gap in zip(items, driven, strict=True)])
+    return {"driven_p90": measured["gap_p90"], "driven_max": measured["gap_max"],
+            "driven_ratio": measured["gap_p90"] / implied_p90 if implied_p90 > 0 else float("nan"),
+            "driven_bilabial_ratio": measured["bilabial_ratio"]}
 
 
 def passes(name: str, value: float) -> bool | None:
@@ -296,11 +321,12 @@ def evaluate_portraits(checkpoint: str | Path, corpus: str | Path | None, output
         source = pipe.prepare_source(portrait)
         per_group, rotations, generated = {}, [], []
         for group, speeches in groups.items():
-            items = []
+            items, driven = [], []
             for speech in speeches:
-                with decoded_head_rotations(pipe) as decoded:
+                with decoded_motion(pipe) as decoded:
                     frames = render(pipe, source, speech.audio, seed)
-                generated.append(np.concatenate(decoded))
+                generated.append(np.concatenate(decoded.rotations))
+                driven.append(np.concatenate(decoded.gaps))
                 measured = measure(pipe, source, frames)
                 gap = measured.gap
                 items.append((speech, gap, implied[speech.name]))
@@ -309,7 +335,7 @@ def evaluate_portraits(checkpoint: str | Path, corpus: str | Path | None, output
                     contact_sheet(frames, gap, measured.eyes, speech, output / "sheets" / f"{name}.png",
                                   pipe.face_analyzer)
                     plot_gap(gap, implied[speech.name], speech, output / "plots" / f"{name}_gap.png", name)
-            per_group[group] = group_metrics(items)
+            per_group[group] = group_metrics(items, driven)
         per_group["head"] = head_statistics(rotations)
         per_group["head_generated"] = head_statistics(generated)
         if "held_out" in groups:  # the corpus' own motion rendered on this portrait and measured the same way
@@ -320,7 +346,7 @@ def evaluate_portraits(checkpoint: str | Path, corpus: str | Path | None, output
         reference = per_group.get("corpus_head", {}).get("speed_deg_s", float("nan"))
         print(f"{name}: real gap p50/p90/max {real['gap_p50']:.3f}/{real['gap_p90']:.3f}/{real['gap_max']:.3f} "
               f"ratio {real['amplitude_ratio']:.2f} bilabial {real['bilabial_ratio']:.2f} "
-              f"closed {real['closed_in_silence']:.2f} r {real['sync_r']:.2f} "
+              f"closed {real['closed_in_silence']:.2f} r {real['sync_r']:.2f} driven p90 {real['driven_p90']:.3f} "
               f"head {per_group['head']['speed_deg_s']:.1f} deg/s (corpus {reference:.1f})", flush=True)
     results["seconds"] = time.perf_counter() - started
     output.mkdir(parents=True, exist_ok=True)
@@ -352,6 +378,16 @@ def markdown(results: dict) -> str:
     targets = ", ".join(f"{k} {'≥ ' + str(lo) if lo is not None else ''}{' and ' if lo and hi else ''}"
                         f"{'≤ ' + str(hi) if hi is not None else ''}" for k, (lo, hi) in TARGETS.items())
     lines += ["", f"✗ = misses the target ({targets}).", ""]
+    lines += ["Before rendering (the landmarks handed to the renderer, the same gap measure):", "",
+              "| portrait | group | driven gap p90 | driven gap max | driven amplitude ratio | driven bilabial ratio |",
+              "|---|---|---|---|---|---|"]
+    for name, groups in results["portraits"].items():
+        for group in ("real", "held_out"):
+            if "driven_p90" in groups.get(group, {}):
+                m = groups[group]
+                lines.append(f"| {name} | {group} | {m['driven_p90']:.3f} | {m['driven_max']:.3f} "
+                             f"| {m['driven_ratio']:.3f} | {m['driven_bilabial_ratio']:.3f} |")
+    lines += [""]
     lines += ["| portrait | head speed (deg/s) | corpus, same portrait | ratio | head jitter (deg/frame) "
               "| corpus, same portrait | ratio |", "|---|---|---|---|---|---|---|"]
     for name, groups in results["portraits"].items():
