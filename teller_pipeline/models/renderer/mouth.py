@@ -150,13 +150,17 @@ def settle_lips(mouth: SourceMouth, points: np.ndarray, src_points: np.ndarray,
 
 
 def seal_lips(frame: np.ndarray, mouth: SourceMouth, points: np.ndarray, lips_open: float,
-              lip_seal: float) -> None:
+              lip_seal: float, lip_seal_until: float) -> None:
     """Where lips photographed apart close, fill a thin band along the line where they meet with the lip
     colours just above and below it (blended across the band, darker at the line itself), hiding the
-    leftover sliver of teeth or cavity that the warp squeezes between them."""
+    leftover sliver of teeth or cavity that the warp squeezes between them.
+
+    The band fades out while the lips are still less than `lip_seal_until` of the photo's gap apart: a wider
+    band covered small openings whole, so an open-mouth photo looked shut until its lips parted ~8 mm."""
     dst = local_frame(points, rig.LIPS_INNER_UPPER, rig.LIPS_INNER_LOWER)
     src = mouth.contours
-    half = (1.0 - lips_open) * lip_seal * np.maximum(src.lower[:, 1] - src.upper[:, 1], 0.0)
+    closed = smoothstep(1.0 - lips_open / max(lip_seal_until, 1e-6))
+    half = closed * lip_seal * np.maximum(src.lower[:, 1] - src.upper[:, 1], 0.0)
     if half.max() < 0.5:
         return
     found = opening_pixels(dst, frame.shape[:2], margin=int(np.ceil(half.max())) + 2)
@@ -202,13 +206,15 @@ def composite_mouth(frame: np.ndarray, image: np.ndarray, mouth: SourceMouth, po
     # the photo's own mouth interior rides on its lips (the upper teeth on the upper lip, …); as the mouth
     # closes the lower lip covers it, as it opens the synthesised interior shows in between
     ext_up, ext_lo = mouth.split * gap_s, (1 - mouth.split) * gap_s
-    upper = a < ext_up + 0.5 * np.maximum(gap - gap_s, 0.0)
-    v_s = np.where(upper, up_s + a, lo_s - b)
-    real_alpha = np.where(upper, np.clip(ext_up - a + 0.5, 0, 1), np.clip(ext_lo - b + 0.5, 0, 1))
+    # which lip a pixel's content rides on, anti-aliased over a pixel: a hard switch drew a stair-stepped seam
+    # where the two parts meet
+    upper = np.clip(ext_up + 0.5 * np.maximum(gap - gap_s, 0.0) - a + 0.5, 0, 1)[..., None]
     interior = synthesise_mouth(mouth, u, a, b, dst.length, x0, y0, cfg)
-    if real_alpha.max() > 0:
-        real = sample(image, src, u, v_s) / 255.0
-        interior += real_alpha[..., None] * (real - interior)
+    for weight, v_s, shown in ((upper, up_s + a, ext_up - a), (1 - upper, lo_s - b, ext_lo - b)):
+        real_alpha = weight * np.clip(shown + 0.5, 0, 1)[..., None]
+        if real_alpha.max() > 0:
+            real = sample(image, src, u, v_s) / 255.0
+            interior += real_alpha * (real - interior)
     region = frame[y0 : y0 + h, x0 : x0 + w].astype(np.float32) / 255.0
     out = region + alpha[..., None] * (interior - region)
     frame[y0 : y0 + h, x0 : x0 + w] = np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)

@@ -75,6 +75,7 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
         tongue_opening: float = 0.1,
         lip_margin: float = 0.3,  # true lip edge beyond the landmarker's inner-lip line of an open photo, × its gap
         lip_seal: float = 0.15,  # half-height of the band sealed where such lips meet, × the photo's gap
+        lip_seal_until: float = 0.1,  # the seal fades out as such lips part to this fraction of the photo's gap
         lip_shadow: float = 0.07,  # shadow the upper lip casts on the teeth, mouth widths
         synthesis_blur: float = 0.6,  # px, softens synthesised edges to the photo's sharpness
         teeth_luma_threshold: float = 0.62,  # a source mouth pixel brighter than this × skin is a tooth
@@ -140,7 +141,7 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
         if moved[rig.LIPS_INNER_UPPER + rig.LIPS_INNER_LOWER].any():
             composite_mouth(frame, state.image, state.mouth, points, cfg)
             if lips_open < 1.0:
-                seal_lips(frame, state.mouth, points, lips_open, cfg.lip_seal)
+                seal_lips(frame, state.mouth, points, lips_open, cfg.lip_seal, cfg.lip_seal_until)
         for (up, lo), eye, closure in zip(rig.EYE_CONTOURS, state.eyes, closures, strict=True):
             if moved[up + lo].any():
                 composite_eye(frame, state.image, eye, local_frame(points, up, lo), closure, cfg.eye_widen_blend,
