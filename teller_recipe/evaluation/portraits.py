@@ -68,7 +68,8 @@ from teller_recipe.evaluation.evaluate import (
 
 DEFAULT_PORTRAITS = (
     "astronaut.png", "grace_hopper.jpg", "obama_smile.jpg", "obama_speaking.jpg", "biden.jpg",
-    "jesper_speaking.jpg", "party_three_quarter.jpg", "party_glasses.jpg",
+    "jesper_speaking.jpg", "party_three_quarter.jpg", "party_glasses.jpg", "jesper_head_down.jpg",
+    "new_wave_smile.jpg",
 )
 PAUSES = (0.5, 0.8, 0.8)  # s of silence before, between and after the real recordings
 CLOSED_GAP = 0.025  # of the eye-corner distance (~2 mm): the lips touch
