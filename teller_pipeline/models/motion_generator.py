@@ -28,6 +28,18 @@ from ..rig import NUM_KEYPOINTS
 IDENTITY_RANGE_QUANTILE = 0.05  # identity priors are clamped to the training faces' 5th…95th percentile
 
 
+def in_image_plane(identity_prior: torch.Tensor) -> torch.Tensor:
+    """The identity prior (..., 21, 3) without its depth: what the generator is told of a face.
+
+    Landmark depth from one photo is unreliable (the landmarker's z of a real portrait's lips, chin and mouth
+    corners lands up to 1.2 beyond the training faces' range), and the generator answered some such priors with a
+    half-size mouth even after the range clamp: on Obama speaking, the lip gap of the landmarks it drives was p90
+    0.046-0.069 over three seeds with depth, 0.129-0.138 without; the other example portraits moved by at most
+    ±0.011 (`python -m teller_recipe.evaluation.portraits`, column "driven gap p90").
+    """
+    return torch.cat([identity_prior[..., :2], torch.zeros_like(identity_prior[..., 2:])], -1)
+
+
 @dataclass
 class GeneratorState:
     """Per-session generation state: KV cache, pending inputs and the recent slices (for re-encoding)."""
@@ -110,14 +122,15 @@ class MotionGenerator(ModelMixin, ConfigMixin):
         clamp, `python -m teller_recipe.evaluation.portraits` read the smiling and turned example portraits' lip
         gap p90 as 0.059-0.074 on real speech, 0.150-0.160 after it. Within the range the prior passes unchanged.
         """
-        flat = priors.reshape(len(priors), -1).float()
+        flat = in_image_plane(priors).reshape(len(priors), -1).float()
         self.identity_prior_low.copy_(torch.quantile(flat, quantile, dim=0))
         self.identity_prior_high.copy_(torch.quantile(flat, 1.0 - quantile, dim=0))
 
     # ---------------------------------------------------------------- embeddings
     def embed_prefix(self, identity_prior: torch.Tensor) -> torch.Tensor:
         """(B, 21, 3) identity prior → (B, 2, D): a learned start token and the identity token."""
-        prior = torch.clamp(identity_prior.flatten(1), self.identity_prior_low, self.identity_prior_high)
+        prior = torch.clamp(in_image_plane(identity_prior).flatten(1), self.identity_prior_low,
+                            self.identity_prior_high)
         identity = self.identity_proj(prior)[:, None]
         return torch.cat([self.bos.expand(identity.shape[0], -1, -1), identity], 1)
 
