@@ -66,8 +66,18 @@ def opening_pixels(dst: Contours, shape: tuple[int, ...], margin: int = 1) -> tu
     a = v - np.interp(x, dst.upper[:, 0], dst.upper[:, 1])
     b = np.interp(x, dst.lower[:, 0], dst.lower[:, 1]) - v
     inside = np.clip(x + 0.5, 0, 1) * np.clip(dst.length - x + 0.5, 0, 1)
-    alpha = np.clip(np.minimum(a, b) + 0.5, 0, 1) * inside
+    # anti-aliased over a pixel across the contour, not down the mouth: where a wide-open mouth's contour runs
+    # steeply toward its corners, a vertical pixel is a fraction of one across it, and the edge was stair-stepped
+    across = np.minimum(a * _cos_slope(x, dst.upper), b * _cos_slope(x, dst.lower))
+    alpha = np.clip(across + 0.5, 0, 1) * inside
     return x0, y0, x / dst.length, v, a, b, alpha
+
+
+def _cos_slope(x: np.ndarray, contour: np.ndarray) -> np.ndarray:
+    """cos of the contour's angle to the local x axis at x: vertical distance × this = distance across it."""
+    slope = np.diff(contour[:, 1]) / np.maximum(np.diff(contour[:, 0]), 1e-6)
+    middle = 0.5 * (contour[1:, 0] + contour[:-1, 0])
+    return 1.0 / np.sqrt(1.0 + np.interp(x, middle, slope) ** 2)
 
 
 def sample(image: np.ndarray, src: Contours, u: np.ndarray, v: np.ndarray) -> np.ndarray:
