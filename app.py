@@ -247,7 +247,7 @@ LIVE_PLAYER_JS = (ROOT / "web" / "live_player.js").read_text()
 LIVE_PLAYER_HTML = """
 <div class="teller-live-label">Live</div>
 <video playsinline></video>
-<div class="teller-live-hint">Press <b>Record</b> and speak: your portrait answers here.</div>
+<div class="teller-live-hint">Your portrait answers here when you speak.</div>
 """
 LIVE_PLAYER_CSS = """
 border: 1px solid var(--block-border-color); border-radius: var(--block-radius); overflow: hidden;
@@ -339,7 +339,7 @@ with gr.Blocks(title="Teller: make a portrait speak", delete_cache=(3600, 3600))
             )
             # Its own, unlimited concurrency: the chunk handler only queues the chunk, and it must run while that
             # visitor's session holds its "live" slot. (The session ends at its own limit, and the page then stops
-            # the microphone: Gradio's time_limit only restarts the stream.)
+            # the microphone: Gradio's time_limit does not stop it.)
             mic.stream(live.chunk, mic, None, stream_every=CHUNK_SECONDS, time_limit=LIVE_SECONDS,
                        concurrency_limit=None, api_name=False, show_progress="hidden")
             mic.stop_recording(live.stop, None, None, api_name=False, show_progress="hidden")
