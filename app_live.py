@@ -470,13 +470,12 @@ class LiveServer:
         if token is None:  # the page switches the microphone on only on the visitor's turn: this is a stale page
             raise gr.Error("Please wait for your turn: the microphone switches on when it comes.",
                            print_exception=False)
-        chunks = self.sessions.open(key)  # first, so no chunk of the speech is dropped while the portrait is analysed
         player = dict(session=uuid.uuid4().hex, seq=0)  # a new session id tells the player to start afresh
-        frames = None
-        writer = None
+        chunks = frames = writer = None
         started = time.monotonic()
         deadline = started + self.seconds  # live_frames' own deadline comes a little later: it starts after this
-        try:
+        try:  # from here on the slot is freed whatever happens
+            chunks = self.sessions.open(key)  # first: no chunk of the speech is dropped while the portrait is analysed
             with visitor_errors():
                 prepared = self.sessions.portrait(key, portrait, int(size))
                 controls = dict(head_motion_scale=head_motion, expression_scale=expression,
@@ -506,7 +505,8 @@ class LiveServer:
                 frames.close()  # the visitor left mid-session: end the model's loop too
             if writer is not None:
                 writer.close()
-            self.sessions.close(key, chunks)
+            if chunks is not None:
+                self.sessions.close(key, chunks)
             self.line.end(key, token)
 
     def chunk(self, chunk: tuple[int, np.ndarray] | None, request: gr.Request) -> None:

@@ -267,6 +267,7 @@ def test_live_chunks_in_video_stream_out(app, mic_speech):
     # marked final: the player plays it all rather than skip ahead.
     finals = [chunk["final"] for chunk in visitor.chunks]
     assert finals == sorted(finals) and sum(finals) >= 2
+    assert all(chunk["reason"] is None for chunk in visitor.chunks)  # Stop: the visitor knows why it ended
     assert not app.live.sessions.is_live("live-basic")
 
 
@@ -293,6 +294,8 @@ def test_live_ends_on_idle_timeout_and_on_time_limit(app, mic_speech, monkeypatc
     listener.join(60)
     assert not listener.is_alive() and quiet.error is None
     assert quiet.frames == 30  # what it heard is still rendered to the end
+    # The page says why the session ended (nobody pressed Stop).
+    assert quiet.chunks[-1]["reason"] == "no sound reached the server for 0.5 s"
 
     monkeypatch.setattr(app.live, "seconds", 1.0)
     chatty = Visitor(app, "live-limit", str(ASTRONAUT))
@@ -302,6 +305,9 @@ def test_live_ends_on_idle_timeout_and_on_time_limit(app, mic_speech, monkeypatc
     assert chatty.error is None and chatty.ended_at is not None
     assert chatty.ended_at < sent_at + 0.5  # the session ended at its limit, before the speech did
     assert 0 < chatty.frames < 25 * 3.1
+    # From the limit on, the chunks say so (the page then stops the microphone), the last one too.
+    assert chatty.chunks[-1]["reason"] == "the 1 s limit was reached" and chatty.chunks[-1]["end"]
+    assert all(chunk["final"] for chunk in chatty.chunks if chunk["reason"])
 
 
 def test_live_bad_portrait_is_a_plain_error(app, no_face, tmp_path, mic_speech):
@@ -486,3 +492,12 @@ def test_the_page_is_told_its_place_and_gets_the_microphone_on_its_turn(monkeypa
     assert views["bob"][-1] == ("**Your turn**: press **Record** and speak. Someone is waiting: the turn passes "
                                 "to them in 20 s.", True, "Your voice")
     assert server.line.count() == (0, 0)
+
+
+def test_a_session_without_a_turn_is_refused(app):
+    # A stale page (its microphone on when the turn is not its own) cannot start a session beside the running ones.
+    request = gr.Request(session_hash="live-no-turn")
+    with pytest.raises(gr.Error, match="Please wait for your turn"):
+        next(app.live.session(str(ASTRONAUT), 1.0, 1.0, 15, 256, request))
+    assert not app.live.sessions.is_live("live-no-turn")
+    assert app.live.line.turn("live-no-turn").place is None
