@@ -358,16 +358,19 @@ def live_frames(
     idle_seconds: float,
 ) -> Iterator[FramesAndVoice]:
     """A live session's model loop: audio chunks from `chunks` in, (frames, their audio, rate) out, until the
-    sentinel None, `seconds` of session time, or `idle_seconds` without a chunk."""
+    sentinel None, `seconds` of session time, or `idle_seconds` without a chunk. Speech that arrived before the
+    time limit is all animated, also what a machine behind the speech has not reached by then."""
     session = pipe.start_session(prepared, **controls)
     voice = VoiceTrack()
     deadline = time.monotonic() + seconds
     ended = False
-    while not ended and time.monotonic() < deadline:
+    while not ended:
+        left = deadline - time.monotonic()
         try:
-            batch = [chunks.get(timeout=min(idle_seconds, max(deadline - time.monotonic(), 0.01)))]
+            batch = [chunks.get(timeout=min(idle_seconds, left)) if left > 0 else chunks.get_nowait()]
         except queue.Empty:
             break
+        ended = left <= 0  # past the limit: this last batch is what was waiting
         # A slow machine falls behind: take everything waiting at once, so it catches up in one larger chunk
         # instead of many small ones.
         with contextlib.suppress(queue.Empty):

@@ -310,6 +310,23 @@ def test_live_ends_on_idle_timeout_and_on_time_limit(app, mic_speech, monkeypatc
     assert all(chunk["final"] for chunk in chatty.chunks if chunk["reason"])
 
 
+def test_live_speech_heard_before_the_limit_is_all_animated(app, mic_speech):
+    import queue
+
+    from app_live import live_frames
+
+    # A machine far behind the speech: 1.2 s of it still waiting when the time limit comes. It is animated all the
+    # same, and nothing after it is waited for.
+    chunks = queue.Queue()
+    for start in range(0, int(1.2 * MIC_RATE), CHUNK):
+        chunks.put((MIC_RATE, mic_speech[start : start + CHUNK]))
+    prepared = app.pipe.prepare_source(str(ASTRONAUT), 256)
+    started = time.monotonic()
+    out = list(live_frames(app.pipe, prepared, {}, chunks, seconds=0.0, idle_seconds=5))
+    assert sum(len(frames) for frames, _, _ in out) == 30
+    assert time.monotonic() - started < 5  # not the idle timeout
+
+
 def test_live_bad_portrait_is_a_plain_error(app, no_face, tmp_path, mic_speech):
     request = gr.Request(session_hash="live-bad")
     with pytest.raises(gr.Error, match="No face was found"):

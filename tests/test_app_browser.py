@@ -376,8 +376,14 @@ def test_a_session_at_its_time_limit_stops_the_microphone_and_says_why(page, ser
     page.get_by_role("button", name="Record").wait_for(timeout=5_000)
     [key] = log.joined
     limit = log.started[key][0] + 3.0
+    heard = sum(taken for at, taken in log.chunks[key] if at <= limit) * 0.1  # Gradio's chunks are 0.1 s
     late = [at - limit for at, _ in log.chunks[key] if at > limit]
-    print(f"\nTime limit: the video played to {_video_time(page):.2f} s; {len(late)} microphone chunks (0.1 s each) "
-          f"came after the limit, the last {max(late, default=0):.2f} s after it")
+    played = _video_time(page)
+    print(f"\nTime limit: {heard:.1f} s of speech came before the limit, the video played to {played:.2f} s; "
+          f"{len(late)} microphone chunks (0.1 s each) came after the limit, the last {max(late, default=0):.2f} s "
+          "after it")
     assert max(late, default=0) < 2.0, "the microphone went on recording after the session ended"
+    # All speech heard before the limit is animated, even what the machine had not reached by then (and a little
+    # after the limit: the session's own clock starts a moment after this one).
+    assert heard - 0.05 <= played <= heard + 0.1 * len(late) + 0.05
     assert page.teller_console == []
