@@ -112,7 +112,7 @@ video.addEventListener("ended", () => {
 });
 
 // A session that ended on its own (its time limit) takes no more speech: stop the microphone, as its Stop button
-// does, so nothing more is recorded for nobody (and the next visitor's turn can come).
+// does, rather than record speech nobody will animate. (The server cannot: Gradio 6.31's microphone ignores it.)
 function stopMicrophone() {
   const stop = document.querySelector("#live-mic button.stop-button");
   if (stop) stop.click();
