@@ -187,7 +187,7 @@ def _live_frames(
     yield from live_frames(pipe, prepared, controls, chunks, seconds, idle_seconds)
 
 
-live = LiveServer(pipe, _live_frames, seconds=LIVE_SECONDS, across_processes=ZERO_GPU)
+live = LiveServer(pipe, _live_frames, seconds=LIVE_SECONDS, across_processes=ZERO_GPU, slots=LIVE_SESSIONS)
 
 
 # ------------------------------------------------------------------------------------------------------ layout
@@ -247,7 +247,7 @@ LIVE_PLAYER_JS = (ROOT / "web" / "live_player.js").read_text()
 LIVE_PLAYER_HTML = """
 <div class="teller-live-label">Live</div>
 <video playsinline></video>
-<div class="teller-live-hint">Press <b>Record</b> and speak: your portrait answers here.</div>
+<div class="teller-live-hint">Your portrait answers here when you speak.</div>
 """
 LIVE_PLAYER_CSS = """
 border: 1px solid var(--block-border-color); border-radius: var(--block-radius); overflow: hidden;
@@ -301,7 +301,7 @@ with gr.Blocks(title="Teller: make a portrait speak", delete_cache=(3600, 3600))
                 concurrency_id="generate",
             )
 
-        with gr.Tab("Live", id="live"):
+        with gr.Tab("Live", id="live") as live_tab:
             with gr.Row(equal_height=False):
                 with gr.Column():
                     live_portrait = _portrait_input(label="Portrait", sources=["upload", "webcam", "clipboard"],
@@ -312,13 +312,20 @@ with gr.Blocks(title="Teller: make a portrait speak", delete_cache=(3600, 3600))
                         live_size = gr.Radio(LIVE_SIZES, value=LIVE_DEFAULT_SIZE, label="Video size",
                                              info="larger needs a faster machine to keep up with your voice")
                 with gr.Column():
-                    live_status = gr.Markdown("Choose a portrait, then press **Record** and speak.")
-                    mic = gr.Audio(label="Your voice", sources=["microphone"], streaming=True, type="numpy")
+                    live_status = gr.Markdown("Choose a portrait: upload one or pick an example.")
+                    live_line = gr.Markdown("", elem_id="live-line")
+                    # Off until the visitor's turn comes (`live.follow_line` switches it on).
+                    mic = gr.Audio(label="Your voice", sources=["microphone"], streaming=True, type="numpy",
+                                   interactive=False, elem_id="live-mic")
                     live_video = gr.HTML(None, html_template=LIVE_PLAYER_HTML, css_template=LIVE_PLAYER_CSS,
                                          js_on_load=LIVE_PLAYER_JS, elem_id="live-video")
                     gr.Markdown(f"A live session lasts up to {LIVE_SECONDS:g} s. Headphones avoid echo.")
             gr.on([live_portrait.change, live_size.change], live.analyse_portrait, [live_portrait, live_size],
                   live_status, api_name=False)
+            # Opening the tab puts the visitor in line; their place, and the microphone when their turn comes, are
+            # pushed to the page until they leave. Once per page ("once": opening the tab again starts nothing).
+            live_tab.select(live.follow_line, None, [live_line, mic], trigger_mode="once", concurrency_limit=None,
+                            api_name=False, show_progress="hidden")
             # The session runs as a step after the record button's event rather than on it: when recording stops,
             # Gradio's page closes every event the microphone triggered and drops their further output, which
             # would lose the video still being made for the last words.
@@ -331,7 +338,8 @@ with gr.Blocks(title="Teller: make a portrait speak", delete_cache=(3600, 3600))
                 concurrency_id="live",
             )
             # Its own, unlimited concurrency: the chunk handler only queues the chunk, and it must run while that
-            # visitor's session holds its "live" slot. The time limit ends a recording the visitor forgot.
+            # visitor's session holds its "live" slot. (The session ends at its own limit, and the page then stops
+            # the microphone: Gradio's time_limit does not stop it.)
             mic.stream(live.chunk, mic, None, stream_every=CHUNK_SECONDS, time_limit=LIVE_SECONDS,
                        concurrency_limit=None, api_name=False, show_progress="hidden")
             mic.stop_recording(live.stop, None, None, api_name=False, show_progress="hidden")

@@ -4,8 +4,11 @@ A `LiveServer` runs one streaming session of the pipeline per visitor: the recor
 yields the talking portrait as one fragmented MP4 (H.264 + AAC) in chunks for the page's player
 (`web/live_player.js`); every microphone chunk goes to `chunk`; `stop` and `visitor_left` end the session. The
 frames themselves come from `live_frames`, the session's one GPU call, which `app.py` wraps with `spaces.GPU`.
+Sessions run a few at a time: `LiveLine` keeps the others waiting in arrival order, and `follow_line` tells each
+visitor their place and switches their microphone on when their turn comes.
 """
 
+import asyncio
 import base64
 import contextlib
 import logging
@@ -15,7 +18,9 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 
 import gradio as gr
 import numpy as np
@@ -30,6 +35,16 @@ logger = logging.getLogger("teller.app")
 
 # Without a chunk for this long, the visitor is gone (closed tab, lost network) even if no event said so.
 IDLE_SECONDS = 5.0
+# A visitor whose turn came keeps it this long without pressing Record while someone else waits; then it passes on
+# and they go to the back of the line.
+RESERVE_SECONDS = 20.0
+# After its time limit a session still renders and sends the video of the last words (seconds on a busy CPU).
+FINISH_SECONDS = 5.0
+# How often a visitor's place in line is looked at (their page is told only when what it shows changes).
+LINE_POLL_SECONDS = 0.25
+# A session that ended on its own (time limit) makes the page stop its microphone; the microphone is switched off
+# only after that, or after this long (a microphone switched off while recording is stuck in "recording").
+MIC_STOP_GRACE_SECONDS = 3.0
 
 # (frames, the voice that goes with them, its sample rate), as `live_frames` yields them.
 FramesAndVoice = tuple[np.ndarray, np.ndarray, int]
@@ -140,6 +155,166 @@ class LiveSessions:
         return prepared
 
 
+# ------------------------------------------------------------------------------------------------- the line
+@dataclass
+class _Holder:
+    """A visitor holding a slot."""
+
+    since: float  # when the slot became theirs (or their last session ended)
+    session: int | None = None  # the token of their running session
+
+
+@dataclass(frozen=True)
+class Turn:
+    """Where a visitor stands. `place` 0: they hold a slot; 1, 2, ...: their place in line; None: not in line.
+    `seconds`: in line, the longest the wait can last (every session before theirs running to its limit); holding
+    an unused slot while others wait, how long it stays theirs; otherwise None."""
+
+    place: int | None
+    seconds: float | None = None
+    live: bool = False  # a session of theirs is running (maybe finishing the video of the last words)
+    recording: bool = False
+
+
+class LiveLine:
+    """The Live tab's fair line: `slots` visitors at a time may run a session; the others wait in arrival order.
+
+    A visitor joins when they open the Live tab and holds a slot from their turn on: across sessions while nobody
+    waits, and until their session ends when someone does, after which they go to the back of the line. A turn
+    nobody uses passes on after `reserve_seconds` if someone waits. `session_seconds` (a session's wall-clock
+    limit) and `finish_seconds` (rendering after it) bound the wait each visitor is told. Safe from any thread.
+    """
+
+    def __init__(
+        self,
+        slots: int,
+        session_seconds: float,
+        reserve_seconds: float = RESERVE_SECONDS,
+        finish_seconds: float = FINISH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if slots < 1:
+            raise ValueError(f"a live line needs at least one slot, got {slots}")
+        self.slots = slots
+        self.session_seconds = session_seconds
+        self.reserve_seconds = reserve_seconds
+        self.finish_seconds = finish_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._holders: dict[str, _Holder] = {}
+        self._waiting: OrderedDict[str, float] = OrderedDict()  # key → when they joined, in arrival order
+        self._started: dict[int, float] = {}  # session token → when it started
+        self._gone: set[int] = set()  # tokens of sessions whose visitor left while they finished
+        self._recording: set[str] = set()  # visitors whose microphone is on (Record pressed, Stop not yet)
+        self._tokens = 0
+
+    def join(self, key: str) -> None:
+        with self._lock:
+            if key not in self._holders and key not in self._waiting:
+                self._waiting[key] = self._clock()
+            self._assign()
+
+    def leave(self, key: str) -> None:
+        """The visitor left. A session of theirs still finishing keeps the slot until it ends (`end`), so it
+        never runs beside the next visitor's."""
+        with self._lock:
+            self._waiting.pop(key, None)
+            self._recording.discard(key)
+            holder = self._holders.pop(key, None)
+            if holder is not None and holder.session is not None:
+                self._gone.add(holder.session)
+            self._assign()
+
+    def start(self, key: str) -> int | None:
+        """A session may start if the visitor holds a slot: its token (for `end`), else None."""
+        with self._lock:
+            self._assign()
+            holder = self._holders.get(key)
+            if holder is None:
+                return None
+            self._tokens += 1
+            if holder.session is not None:  # Record again while the last session finishes: it is replaced
+                self._started.pop(holder.session, None)
+            holder.session = self._tokens
+            self._recording.add(key)
+            self._started[self._tokens] = self._clock()
+            return self._tokens
+
+    def stop(self, key: str) -> None:
+        """The visitor's microphone stopped; their session finishes the video of the last words."""
+        with self._lock:
+            self._recording.discard(key)
+
+    def end(self, key: str, token: int) -> None:
+        """The session `token` ended: its slot goes to the first in line, and the visitor, if still here, to the
+        back of it (straight back to the slot if nobody waits)."""
+        with self._lock:
+            self._started.pop(token, None)
+            if token in self._gone:
+                self._gone.discard(token)
+            else:
+                holder = self._holders.get(key)
+                if holder is None or holder.session != token:
+                    return  # replaced by a newer session of the same visitor
+                del self._holders[key]
+                self._waiting[key] = self._clock()
+            self._assign()
+
+    def turn(self, key: str) -> Turn:
+        with self._lock:
+            self._assign()
+            now = self._clock()
+            recording = key in self._recording
+            holder = self._holders.get(key)
+            if holder is not None:
+                live = holder.session is not None
+                seconds = self._reserve_ends(holder) - now if self._waiting and not live else None
+                return Turn(0, seconds, live=live, recording=recording)
+            if key not in self._waiting:
+                return Turn(None)
+            place = list(self._waiting).index(key) + 1
+            return Turn(place, self._longest_wait(place, now), recording=recording)
+
+    def count(self) -> tuple[int, int]:
+        """(slots held, visitors waiting), for monitoring and tests."""
+        with self._lock:
+            return len(self._holders) + len(self._gone), len(self._waiting)
+
+    def _reserve_ends(self, holder: _Holder) -> float:
+        # The reservation runs from when the slot became theirs or someone started waiting, whichever is later.
+        return max(holder.since, next(iter(self._waiting.values()))) + self.reserve_seconds
+
+    def _assign(self) -> None:
+        """Pass on turns nobody used while others wait, then fill free slots from the front of the line."""
+        now = self._clock()
+        if self._waiting:
+            for key, holder in list(self._holders.items()):
+                if holder.session is None and self._reserve_ends(holder) <= now:
+                    del self._holders[key]
+                    self._waiting[key] = now
+        while len(self._holders) + len(self._gone) < self.slots and self._waiting:
+            key, _ = self._waiting.popitem(last=False)
+            self._holders[key] = _Holder(since=now)
+
+    def _longest_wait(self, place: int, now: float) -> float:
+        """The wait at `place` if every session before it runs to its time limit and every turn is taken at the
+        last moment."""
+        longest_hold = self.reserve_seconds + self.session_seconds + self.finish_seconds
+        free_at = [max(self._started[token] + self.session_seconds - now, 0) + self.finish_seconds
+                   for token in self._gone]
+        for holder in self._holders.values():
+            if holder.session is not None:
+                started = self._started[holder.session]
+                free_at.append(max(started + self.session_seconds - now, 0) + self.finish_seconds)
+            else:
+                free_at.append(max(self._reserve_ends(holder) - now, 0) + self.session_seconds + self.finish_seconds)
+        free_at.sort()
+        for _ in range(place - 1):  # each visitor ahead takes the first slot to free up
+            free_at[0] += longest_hold
+            free_at.sort()
+        return free_at[0]
+
+
 class VoiceTrack:
     """The visitor's own voice for the live video, where frame i covers [i/25, (i+1)/25) s of it. Each chunk of
     video carries the voice up to its last frame and all heard after that so far: with the voice ahead of the
@@ -183,16 +358,19 @@ def live_frames(
     idle_seconds: float,
 ) -> Iterator[FramesAndVoice]:
     """A live session's model loop: audio chunks from `chunks` in, (frames, their audio, rate) out, until the
-    sentinel None, `seconds` of session time, or `idle_seconds` without a chunk."""
+    sentinel None, `seconds` of session time, or `idle_seconds` without a chunk. Speech that arrived before the
+    time limit is all animated, also what a machine behind the speech has not reached by then."""
     session = pipe.start_session(prepared, **controls)
     voice = VoiceTrack()
     deadline = time.monotonic() + seconds
     ended = False
-    while not ended and time.monotonic() < deadline:
+    while not ended:
+        left = deadline - time.monotonic()
         try:
-            batch = [chunks.get(timeout=min(idle_seconds, max(deadline - time.monotonic(), 0.01)))]
+            batch = [chunks.get(timeout=min(idle_seconds, left)) if left > 0 else chunks.get_nowait()]
         except queue.Empty:
             break
+        ended = left <= 0  # past the limit: this last batch is what was waiting
         # A slow machine falls behind: take everything waiting at once, so it catches up in one larger chunk
         # instead of many small ones.
         with contextlib.suppress(queue.Empty):
@@ -224,7 +402,7 @@ class LiveServer:
     (prepared portrait, controls, chunk queue, seconds, idle seconds). With `across_processes` (ZeroGPU runs a
     GPU function in a forked worker) the chunks travel through a `multiprocessing.Manager` queue proxy; otherwise
     a plain queue does the same without a helper process. `seconds` and `idle_seconds` are read at the start of
-    each session.
+    each session. `slots` sessions run at once; `line` keeps the other visitors waiting their turn.
     """
 
     def __init__(
@@ -234,19 +412,48 @@ class LiveServer:
         seconds: float,
         idle_seconds: float = IDLE_SECONDS,
         across_processes: bool = False,
+        slots: int = 1,
     ) -> None:
         self.frames = frames
         self.seconds = seconds
         self.idle_seconds = idle_seconds
         self.sessions = LiveSessions(pipe, multiprocessing.Manager().Queue if across_processes else queue.Queue)
+        self.line = LiveLine(slots, seconds)
 
     def analyse_portrait(self, portrait: str | None, size: int, request: gr.Request) -> str:
         """Analyse the Live tab's portrait as soon as it is chosen, so recording starts without that delay."""
         if not portrait:
-            return "Choose a portrait, then press **Record** and speak."
+            return "Choose a portrait: upload one or pick an example."
         with visitor_errors():
             self.sessions.portrait(request.session_hash, portrait, int(size))
-        return "Portrait ready: press **Record** and speak."
+        return "Portrait ready."
+
+    async def follow_line(self, request: gr.Request) -> AsyncIterator[tuple[str, dict]]:
+        """Started when the visitor opens the Live tab (once per page): puts them in line, then keeps their page
+        told where they stand, as a message and the microphone, which is on only while the turn is theirs. Ends
+        when they leave (`visitor_left`)."""
+        key = request.session_hash
+        self.line.join(key)
+        shown = None
+        mic_off_wanted = None  # when the turn passed on while the microphone was still recording
+        while (turn := self.line.turn(key)).place is not None:
+            message = _line_message(turn, self.seconds)
+            mic = (turn.place == 0 and not (turn.live and not turn.recording), _mic_label(turn))  # (on, label)
+            if shown is not None and shown[1][0] and not mic[0] and turn.recording:
+                # The session ended on its own and the page is stopping the microphone (web/live_player.js). A
+                # microphone switched off or cleared while it records is stuck in "recording": wait, a little.
+                mic_off_wanted = mic_off_wanted or time.monotonic()
+                if time.monotonic() - mic_off_wanted < MIC_STOP_GRACE_SECONDS:
+                    mic = shown[1]
+            else:
+                mic_off_wanted = None
+            if (message, mic) != shown:
+                # The microphone is updated only when it changes; a cleared value shows the Record button again
+                # rather than the last recording.
+                changed = shown is None or mic != shown[1]
+                yield message, gr.update(interactive=mic[0], label=mic[1], value=None) if changed else gr.update()
+                shown = message, mic
+            await asyncio.sleep(LINE_POLL_SECONDS)
 
     def session(
         self,
@@ -262,12 +469,16 @@ class LiveServer:
         key = request.session_hash
         if not portrait:
             raise gr.Error("Please choose a portrait first.", print_exception=False)
-        chunks = self.sessions.open(key)  # first, so no chunk of the speech is dropped while the portrait is analysed
+        token = self.line.start(key)
+        if token is None:  # the page switches the microphone on only on the visitor's turn: this is a stale page
+            raise gr.Error("Please wait for your turn: the microphone switches on when it comes.",
+                           print_exception=False)
         player = dict(session=uuid.uuid4().hex, seq=0)  # a new session id tells the player to start afresh
-        frames = None
-        writer = None
+        chunks = frames = writer = None
         started = time.monotonic()
-        try:
+        deadline = started + self.seconds  # live_frames' own deadline comes a little later: it starts after this
+        try:  # from here on the slot is freed whatever happens
+            chunks = self.sessions.open(key)  # first: no chunk of the speech is dropped while the portrait is analysed
             with visitor_errors():
                 prepared = self.sessions.portrait(key, portrait, int(size))
                 controls = dict(head_motion_scale=head_motion, expression_scale=expression,
@@ -281,17 +492,25 @@ class LiveServer:
                         logger.info("live %s: first video %.2f s after recording started", key[:8],
                                     time.monotonic() - started)
                     logger.debug("live %s: %d frames at %.2f s", key[:8], len(batch), time.monotonic() - started)
-                    # After Stop, what is still coming is the video of the last words: the player plays it all.
-                    final = not self.sessions.is_running(key, chunks)
-                    yield _player_chunk(player, writer.write(list(batch), audio), final=final)
+                    # After Stop or the time limit, what is still coming is the video of the last words: the player
+                    # plays it all (and, at the limit, stops the microphone).
+                    reason = self._limit_reason() if time.monotonic() >= deadline else None
+                    final = reason is not None or not self.sessions.is_running(key, chunks)
+                    yield _player_chunk(player, writer.write(list(batch), audio), final=final, reason=reason)
                 if writer is not None:
-                    yield _player_chunk(player, writer.close(), final=True, end=True)
+                    reason = None  # Stop: the visitor knows why
+                    if self.sessions.is_running(key, chunks):
+                        reason = (self._limit_reason() if time.monotonic() >= deadline else
+                                  f"no sound reached the server for {self.idle_seconds:g} s")
+                    yield _player_chunk(player, writer.close(), final=True, end=True, reason=reason)
         finally:
             if frames is not None:
                 frames.close()  # the visitor left mid-session: end the model's loop too
             if writer is not None:
                 writer.close()
-            self.sessions.close(key, chunks)
+            if chunks is not None:
+                self.sessions.close(key, chunks)
+            self.line.end(key, token)
 
     def chunk(self, chunk: tuple[int, np.ndarray] | None, request: gr.Request) -> None:
         """Each microphone chunk, (rate, int16 samples), goes to the visitor's running session."""
@@ -299,16 +518,58 @@ class LiveServer:
             logger.debug("live %s: a chunk came with no session running (dropped)", request.session_hash[:8])
 
     def stop(self, request: gr.Request) -> None:
+        self.line.stop(request.session_hash)
         self.sessions.stop(request.session_hash)
 
     def visitor_left(self, request: gr.Request) -> None:
         self.sessions.stop(request.session_hash, forget=True)
+        self.line.leave(request.session_hash)  # also ends their `follow_line`
+
+    def _limit_reason(self) -> str:
+        return f"the {self.seconds:g} s limit was reached"
 
 
-def _player_chunk(player: dict, data: bytes, final: bool = False, end: bool = False) -> dict:
+def _player_chunk(player: dict, data: bytes, final: bool = False, end: bool = False, reason: str | None = None) -> dict:
     """The player's value for one chunk; numbered, so the page can tell if one went missing. `final`: the speech
-    has ended, so the player plays every frame from here on instead of skipping ahead to keep up; `end`: the
-    stream's last chunk."""
-    chunk = player | dict(data=base64.b64encode(data).decode("ascii"), final=final, end=end)
+    has ended, so the player plays every frame from here on instead of skipping ahead to keep up, and stops the
+    microphone if it still records; `end`: the stream's last chunk; `reason`: why the session ended, when the
+    visitor did not press Stop."""
+    chunk = player | dict(data=base64.b64encode(data).decode("ascii"), final=final, end=end, reason=reason)
     player["seq"] += 1
     return chunk
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def _duration(seconds: float) -> str:
+    """A wait for people to read: rounded up to 5 s, in minutes and seconds."""
+    seconds = 5 * -(-int(seconds) // 5)
+    minutes, seconds = divmod(seconds, 60)
+    return " ".join(part for part in (f"{minutes} min" if minutes else "", f"{seconds} s" if seconds else "")
+                    if part) or "a moment"
+
+
+def _mic_label(turn: Turn) -> str:
+    if turn.place:
+        return f"Your voice: {_ordinal(turn.place)} in line, at most {_duration(turn.seconds)}"
+    return "Your voice"
+
+
+def _line_message(turn: Turn, session_seconds: float) -> str:
+    """What the Live tab says about the visitor's turn."""
+    if turn.place:
+        return (f"**Please wait: the live demo is busy.** You are **{_ordinal(turn.place)}** in line; your turn "
+                f"comes within **{_duration(turn.seconds)}** (sooner if the speakers before you stop early). "
+                "The microphone switches on then: keep this tab open.")
+    if turn.live:
+        if turn.recording:
+            return f"**Live**: speak, then press **Stop** (at most {session_seconds:g} s)."
+        return "Finishing the video of your last words…"
+    if turn.recording:  # the session ended (an error, or its limit and the page is stopping the microphone)
+        return "The session ended: press **Stop**, then **Record** to speak again."
+    if turn.seconds is not None:
+        return (f"**Your turn**: press **Record** and speak. Someone is waiting: the turn passes to them in "
+                f"{_duration(turn.seconds)}.")
+    return "**Your turn**: press **Record** and speak."

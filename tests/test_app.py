@@ -213,11 +213,20 @@ class Visitor:
             self.app.live.stop(self.request)
 
     def run(self) -> None:
+        """Wait in line for a turn (as the page does before it switches the microphone on), then run a session."""
+        line, key = self.app.live.line, self.request.session_hash
+        line.join(key)
         try:
+            deadline = time.monotonic() + 60
+            while line.turn(key).place != 0:
+                assert time.monotonic() < deadline, "the turn never came"
+                time.sleep(0.01)
             for chunk in self.app.live.session(self.portrait, 1.0, 1.0, 15, self.size, self.request):
                 self.chunks.append(chunk)
         except BaseException as error:  # noqa: B036 (re-raised in the test's thread)
             self.error = error
+        finally:
+            line.leave(key)  # a page left open would hold the slot between sessions
         self.ended_at = time.monotonic()
 
     def talk(self, samples: np.ndarray, stop: bool = True, pace: float = 0.0) -> threading.Thread:
@@ -258,6 +267,7 @@ def test_live_chunks_in_video_stream_out(app, mic_speech):
     # marked final: the player plays it all rather than skip ahead.
     finals = [chunk["final"] for chunk in visitor.chunks]
     assert finals == sorted(finals) and sum(finals) >= 2
+    assert all(chunk["reason"] is None for chunk in visitor.chunks)  # Stop: the visitor knows why it ended
     assert not app.live.sessions.is_live("live-basic")
 
 
@@ -284,6 +294,8 @@ def test_live_ends_on_idle_timeout_and_on_time_limit(app, mic_speech, monkeypatc
     listener.join(60)
     assert not listener.is_alive() and quiet.error is None
     assert quiet.frames == 30  # what it heard is still rendered to the end
+    # The page says why the session ended (nobody pressed Stop).
+    assert quiet.chunks[-1]["reason"] == "no sound reached the server for 0.5 s"
 
     monkeypatch.setattr(app.live, "seconds", 1.0)
     chatty = Visitor(app, "live-limit", str(ASTRONAUT))
@@ -293,6 +305,26 @@ def test_live_ends_on_idle_timeout_and_on_time_limit(app, mic_speech, monkeypatc
     assert chatty.error is None and chatty.ended_at is not None
     assert chatty.ended_at < sent_at + 0.5  # the session ended at its limit, before the speech did
     assert 0 < chatty.frames < 25 * 3.1
+    # From the limit on, the chunks say so (the page then stops the microphone), the last one too.
+    assert chatty.chunks[-1]["reason"] == "the 1 s limit was reached" and chatty.chunks[-1]["end"]
+    assert all(chunk["final"] for chunk in chatty.chunks if chunk["reason"])
+
+
+def test_live_speech_heard_before_the_limit_is_all_animated(app, mic_speech):
+    import queue
+
+    from app_live import live_frames
+
+    # A machine far behind the speech: 1.2 s of it still waiting when the time limit comes. It is animated all the
+    # same, and nothing after it is waited for.
+    chunks = queue.Queue()
+    for start in range(0, int(1.2 * MIC_RATE), CHUNK):
+        chunks.put((MIC_RATE, mic_speech[start : start + CHUNK]))
+    prepared = app.pipe.prepare_source(str(ASTRONAUT), 256)
+    started = time.monotonic()
+    out = list(live_frames(app.pipe, prepared, {}, chunks, seconds=0.0, idle_seconds=5))
+    assert sum(len(frames) for frames, _, _ in out) == 30
+    assert time.monotonic() - started < 5  # not the idle timeout
 
 
 def test_live_bad_portrait_is_a_plain_error(app, no_face, tmp_path, mic_speech):
@@ -324,7 +356,8 @@ def test_portrait_is_analysed_once_per_visitor(app, mic_speech, monkeypatch):
     assert len(calls) == 1
 
 
-def test_two_visitors_are_isolated(app, mic_speech):
+def test_two_visitors_are_isolated(app, mic_speech, monkeypatch):
+    monkeypatch.setattr(app.live.line, "slots", 2)  # both at once
     alice = Visitor(app, "live-alice", str(ASTRONAUT))
     bob = Visitor(app, "live-bob", str(GRACE_HOPPER))
     listeners = [threading.Thread(target=v.run) for v in (alice, bob)]
@@ -344,3 +377,144 @@ def test_two_visitors_are_isolated(app, mic_speech):
     assert (alice.frames, bob.frames) == (25, 40)
     assert (alice.video()["width"], alice.video()["height"]) == (256, 256)
     assert (bob.video()["width"], bob.video()["height"]) == (218, 256)
+
+
+# ------------------------------------------------------------------------------------------------ the line
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_line_serves_visitors_in_arrival_order_and_says_how_long_at_most():
+    from app_live import LiveLine
+
+    clock = Clock()
+    line = LiveLine(slots=1, session_seconds=60, reserve_seconds=20, finish_seconds=5, clock=clock)
+    for key in "abc":
+        line.join(key)
+    assert [line.turn(key).place for key in "abc"] == [0, 1, 2]
+    assert line.start("b") is None  # not b's turn: the session opener refuses it
+    # a's turn is unused: it lasts 20 s from when b started waiting, then a session of at most 60 s + 5 s to finish.
+    assert line.turn("b").seconds == 20 + 60 + 5
+    assert line.turn("c").seconds == 20 + 60 + 5 + (20 + 60 + 5)
+    assert line.turn("a").seconds == 20  # a is told the turn passes on
+    clock.now += 10
+    token = line.start("a")
+    assert token is not None and line.turn("a").live and line.turn("a").recording
+    assert line.turn("b").seconds == 60 + 5 and line.turn("c").seconds == 60 + 5 + 85
+    clock.now += 30
+    assert line.turn("b").seconds == 30 + 5
+    line.stop("a")  # Stop: the slot is a's until the video of the last words is done
+    assert line.turn("a") == line.turn("a").__class__(0, None, live=True, recording=False)
+    assert line.start("b") is None
+    line.end("a", token)
+    # b's turn; a goes to the back of the line, behind c.
+    assert [line.turn(key).place for key in "bca"] == [0, 1, 2]
+    assert line.count() == (1, 2)
+
+
+def test_an_unused_turn_passes_on_only_while_someone_waits():
+    from app_live import LiveLine
+
+    clock = Clock()
+    line = LiveLine(slots=1, session_seconds=60, reserve_seconds=20, clock=clock)
+    line.join("a")
+    clock.now += 1000  # nobody waits: the turn stays a's
+    assert line.turn("a").place == 0 and line.turn("a").seconds is None
+    line.join("b")
+    clock.now += 19.9
+    assert line.turn("a").place == 0
+    clock.now += 0.1
+    assert (line.turn("a").place, line.turn("b").place) == (1, 0)
+    # Sessions run one after another for the same visitor while nobody waits.
+    line.leave("a")
+    for _ in range(3):
+        token = line.start("b")
+        assert token is not None
+        line.end("b", token)
+        assert line.turn("b").place == 0
+
+
+def test_a_visitor_leaving_frees_their_slot_once_their_session_is_done():
+    from app_live import LiveLine
+
+    clock = Clock()
+    line = LiveLine(slots=2, session_seconds=60, clock=clock)
+    for key in "abc":
+        line.join(key)
+    token = line.start("a")
+    line.leave("a")  # the tab closed mid-session
+    assert line.turn("a").place is None
+    assert line.turn("c").place == 1  # the session still finishing holds the slot
+    assert line.turn("c").seconds == 60 + line.finish_seconds  # c waits for a's session
+    line.end("a", token)
+    assert line.turn("c").place == 0 and line.count() == (2, 0)
+    line.leave("b")
+    line.leave("c")
+    assert line.count() == (0, 0)
+    line.leave("c")  # twice is harmless
+    # Record again while the last session finishes: the older session's end frees nothing.
+    line.join("d")
+    first = line.start("d")
+    second = line.start("d")
+    line.end("d", first)
+    assert line.turn("d").live
+    line.end("d", second)
+    assert line.turn("d").place == 0 and not line.turn("d").live
+
+
+def test_the_page_is_told_its_place_and_gets_the_microphone_on_its_turn(monkeypatch):
+    import app_live
+
+    monkeypatch.setattr(app_live, "LINE_POLL_SECONDS", 0.01)
+    server = app_live.LiveServer(None, None, seconds=60, slots=1)
+    alice, bob = gr.Request(session_hash="alice"), gr.Request(session_hash="bob")
+
+    async def visit():
+        pages = {name: server.follow_line(request) for name, request in [("alice", alice), ("bob", bob)]}
+        views = {name: [] for name in pages}
+
+        async def follow(name):
+            async for message, mic in pages[name]:
+                views[name].append((message, mic.get("interactive"), mic.get("label")))
+
+        tasks = [asyncio.create_task(follow("alice"))]
+        await asyncio.sleep(0.05)
+        tasks.append(asyncio.create_task(follow("bob")))
+        await asyncio.sleep(0.05)
+        token = server.line.start("alice")
+        await asyncio.sleep(0.05)
+        server.stop(alice)
+        await asyncio.sleep(0.05)
+        server.line.end("alice", token)
+        await asyncio.sleep(0.05)
+        server.visitor_left(bob)
+        server.visitor_left(alice)
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)  # leaving ends each page's updates
+        return views
+
+    views = asyncio.run(visit())
+    assert views["alice"][0] == ("**Your turn**: press **Record** and speak.", True, "Your voice")
+    assert "Someone is waiting" in views["alice"][1][0]
+    assert views["alice"][2][0].startswith("**Live**") and views["alice"][2][1] is None  # microphone untouched
+    assert views["alice"][3] == ("Finishing the video of your last words…", False, "Your voice")
+    assert views["alice"][4][1:] == (False, "Your voice: 1st in line, at most 1 min 25 s")
+    waiting = views["bob"][0]
+    assert "You are **1st** in line" in waiting[0] and "within **1 min 25 s**" in waiting[0]
+    assert waiting[1:] == (False, "Your voice: 1st in line, at most 1 min 25 s")
+    assert views["bob"][1][1:] == (False, "Your voice: 1st in line, at most 1 min 5 s")  # alice started
+    assert views["bob"][-1] == ("**Your turn**: press **Record** and speak. Someone is waiting: the turn passes "
+                                "to them in 20 s.", True, "Your voice")
+    assert server.line.count() == (0, 0)
+
+
+def test_a_session_without_a_turn_is_refused(app):
+    # A stale page (its microphone on when the turn is not its own) cannot start a session beside the running ones.
+    request = gr.Request(session_hash="live-no-turn")
+    with pytest.raises(gr.Error, match="Please wait for your turn"):
+        next(app.live.session(str(ASTRONAUT), 1.0, 1.0, 15, 256, request))
+    assert not app.live.sessions.is_live("live-no-turn")
+    assert app.live.line.turn("live-no-turn").place is None

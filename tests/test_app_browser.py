@@ -243,3 +243,147 @@ def test_stop_plays_the_live_video_to_its_end_then_says_the_session_ended(page, 
     assert page.locator("#live-video .teller-live-label").inner_text() == "Ended"
     page.locator("#live-video").screenshot(path=screenshots / "live_session_ended.png")
     assert page.teller_console == []  # every chunk arrived, in order, and the MediaSource took it
+
+
+def _live_visitor(browser, server):
+    """A second (third...) visitor: their own browser context, so their own Gradio session, on the Live tab."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000}, permissions=["microphone"])
+    page = context.new_page()
+    page.goto(server[1], wait_until="load")
+    page.get_by_role("tab", name="Live").click()
+    page.locator(".gallery button, button.gallery-item").first.click()  # the astronaut
+    page.get_by_text("Portrait ready").wait_for(timeout=30_000)
+    return page
+
+
+class LiveLog:
+    """What the server saw, by visitor: when each joined the line, each microphone chunk (taken by a running session
+    or dropped), each session's end."""
+
+    def __init__(self, app, monkeypatch):
+        self.joined, self.chunks, self.started, self.ended = [], {}, {}, {}
+        line, sessions = app.live.line, app.live.sessions
+        join, push, start, end = line.join, sessions.push, line.start, line.end
+
+        def logged_join(key):
+            self.joined.append(key)
+            join(key)
+
+        def logged_push(key, chunk):
+            taken = push(key, chunk)
+            self.chunks.setdefault(key, []).append((time.monotonic(), taken))
+            return taken
+
+        def logged_start(key):
+            self.started.setdefault(key, []).append(time.monotonic())
+            return start(key)
+
+        def logged_end(key, token):
+            end(key, token)
+            self.ended.setdefault(key, []).append(time.monotonic())
+
+        monkeypatch.setattr(line, "join", logged_join)
+        monkeypatch.setattr(sessions, "push", logged_push)
+        monkeypatch.setattr(line, "start", logged_start)
+        monkeypatch.setattr(line, "end", logged_end)
+
+    def dropped(self, key) -> int:
+        return sum(not taken for _, taken in self.chunks.get(key, []))
+
+
+def _wait_shown(page) -> float:
+    """The longest wait the visitor is told, in seconds."""
+    import re
+
+    shown = re.search(r"within (?:(\d+) min)? ?(?:(\d+) s)?", page.locator("#live-line").inner_text())
+    return 60 * int(shown[1] or 0) + int(shown[2] or 0)
+
+
+def _video_time(page) -> float:
+    return page.evaluate("() => document.querySelector('#live-video video').currentTime")
+
+
+def test_a_second_visitor_waits_with_the_microphone_off_and_is_served_when_the_slot_frees(
+    browser, server, screenshots, monkeypatch
+):
+    app = server[0]
+    assert app.live.line.slots == 1  # the CPU default
+    _wait_for_an_empty_line(app)  # the last test's visitor left
+    log = LiveLog(app, monkeypatch)
+    alice = _live_visitor(browser, server)
+    record_alice = alice.get_by_role("button", name="Record")
+    record_alice.wait_for(timeout=10_000)
+    bob = _live_visitor(browser, server)
+    alice_key, bob_key = log.joined
+
+    # Bob sees that he waits, and how long at most, before he could say anything: his microphone is off.
+    _shown(bob, "You are 1st in line").wait_for(timeout=10_000)
+    assert "Please wait: the live demo is busy" in bob.locator("#live-line").inner_text()
+    assert "1st in line, at most" in bob.locator("#live-mic").inner_text()
+    assert bob.get_by_role("button", name="Record").count() == 0
+    bob.screenshot(path=screenshots / "live_waiting.png", full_page=True)
+    assert "Someone is waiting" in alice.locator("#live-line").inner_text()
+
+    record_alice.click()
+    alice.wait_for_function("() => document.querySelector('#live-video video').currentTime > 2", timeout=30_000)
+    # At most: the rest of her session's 60 s, and 5 s to finish its video.
+    assert 40 <= _wait_shown(bob) <= 65
+    assert bob.get_by_role("button", name="Record").count() == 0
+    alice.get_by_role("button", name="Stop").click()
+
+    # Alice's session finishes the video of her last words, then Bob's microphone comes on; Alice goes behind him.
+    bob.get_by_role("button", name="Record").wait_for(timeout=30_000)
+    turn_shown = time.monotonic()
+    alice_ended = log.ended[alice_key][0]
+    _shown(alice, "You are 1st in line").wait_for(timeout=5_000)
+    assert alice.get_by_role("button", name="Record").count() == 0
+    print(f"\nLine: Bob's Record button appeared {turn_shown - alice_ended:.2f} s after Alice's session ended")
+    assert turn_shown - alice_ended < 2.0
+
+    bob.get_by_role("button", name="Record").click()
+    bob.wait_for_function("() => document.querySelector('#live-video video').currentTime > 1", timeout=30_000)
+    # Nothing Bob said was taken before his turn (his microphone was off), nor thrown away after it.
+    assert all(at > alice_ended for at, _ in log.chunks[bob_key])
+    assert log.dropped(bob_key) == 0, f"{log.dropped(bob_key)} of Bob's chunks were dropped"
+
+    # Bob closes his tab mid-session: the slot is not lost, Alice's turn comes.
+    bob.context.close()
+    alice.get_by_role("button", name="Record").wait_for(timeout=(app.live.idle_seconds + 15) * 1000)
+    assert app.live.line.count() == (1, 0) and app.live.sessions.count() == 0
+    assert app.live.line.turn(bob_key).place is None
+    alice.context.close()
+    _wait_for_an_empty_line(app)
+
+
+def _wait_for_an_empty_line(app) -> None:
+    """Visitors who closed their page leave the line (when the server hears of it, and once their session is done)."""
+    deadline = time.monotonic() + app.live.idle_seconds + 15
+    while app.live.line.count() != (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert app.live.line.count() == (0, 0), "a visitor who left still holds a place"
+
+
+def test_a_session_at_its_time_limit_stops_the_microphone_and_says_why(page, server, monkeypatch):
+    app = server[0]
+    log = LiveLog(app, monkeypatch)
+    monkeypatch.setattr(app.live, "seconds", 3.0)
+    page.get_by_role("tab", name="Live").click()
+    page.locator(".gallery button, button.gallery-item").first.click()  # the astronaut
+    page.get_by_text("Portrait ready").wait_for(timeout=30_000)
+    page.get_by_role("button", name="Record").click()
+    _shown(page, "Session ended: the 3 s limit was reached.").wait_for(state="visible", timeout=30_000)
+    # The page stopped its microphone: Record is back, and little speech came after the session stopped listening.
+    page.get_by_role("button", name="Record").wait_for(timeout=5_000)
+    [key] = log.joined
+    limit = log.started[key][0] + 3.0
+    heard = sum(taken for at, taken in log.chunks[key] if at <= limit) * 0.1  # Gradio's chunks are 0.1 s
+    late = [at - limit for at, _ in log.chunks[key] if at > limit]
+    played = _video_time(page)
+    print(f"\nTime limit: {heard:.1f} s of speech came before the limit, the video played to {played:.2f} s; "
+          f"{len(late)} microphone chunks (0.1 s each) came after the limit, the last {max(late, default=0):.2f} s "
+          "after it")
+    assert max(late, default=0) < 2.0, "the microphone went on recording after the session ended"
+    # All speech heard before the limit is animated, even what the machine had not reached by then (and a little
+    # after the limit: the session's own clock starts a moment after this one).
+    assert heard - 0.05 <= played <= heard + 0.1 * len(late) + 0.05
+    assert page.teller_console == []

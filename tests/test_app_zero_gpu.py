@@ -120,6 +120,7 @@ def live():
         app.live.stop(request)
     talker = threading.Thread(target=speak, daemon=True)
     talker.start()
+    app.live.line.join("zero-gpu")  # the visitor opened the Live tab: nobody else waits, the turn is theirs
     chunks = list(app.live.session({str(ASTRONAUT)!r}, 1.0, 1.0, 15, 256, request))
     with tempfile.NamedTemporaryFile(suffix=".mp4") as stream:
         stream.write(b"".join(base64.b64decode(chunk["data"]) for chunk in chunks))

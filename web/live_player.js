@@ -1,6 +1,6 @@
 // The Live tab's player (the `js_on_load` of a gr.HTML in app.py; Gradio runs it with `element`, `props` and
 // `watch` defined). The live session yields one chunk of a fragmented MP4 at a time as this component's value,
-// {session, seq, mime, data: base64, final, end}; they are appended to a MediaSource as they arrive, so the first frames
+// {session, seq, mime, data: base64, final, end, reason}; they are appended to a MediaSource as they arrive, so the first frames
 // play about 0.1 s after they reach the page. Gradio's own streaming video goes through an HLS player
 // instead, which re-encodes each segment on the server and buffers in the page: about a second more.
 const video = element.querySelector("video");
@@ -20,6 +20,7 @@ let buffer = null;
 let pending = []; // chunks waiting for the SourceBuffer
 let ending = false; // the stream's last chunk has come
 let final = false; // the speech has ended: play every frame that comes
+let reason = null; // why the session ended, when the visitor did not press Stop
 let expected = 0; // the next chunk's number
 
 function decode(base64) {
@@ -39,6 +40,7 @@ function start(value) {
   pending = [];
   ending = false;
   final = false;
+  reason = null;
   hint.classList.remove("teller-live-ended");
   label.textContent = "Live";
   showHint("");
@@ -106,8 +108,15 @@ video.addEventListener("ended", () => {
   if (!ending) return;
   hint.classList.add("teller-live-ended");
   label.textContent = "Ended";
-  showHint("Session ended. Press Record to speak again.");
+  showHint(reason ? `Session ended: ${reason}.` : "Session ended.");
 });
+
+// A session that ended on its own (its time limit) takes no more speech: stop the microphone, as its Stop button
+// does, rather than record speech nobody will animate. (The server cannot: Gradio 6.31's microphone ignores it.)
+function stopMicrophone() {
+  const stop = document.querySelector("#live-mic button.stop-button");
+  if (stop) stop.click();
+}
 video.addEventListener("playing", () => {
   if (!video.muted) showHint("");
 });
@@ -124,5 +133,7 @@ watch("value", () => {
   if (value.data) pending.push(decode(value.data));
   ending = Boolean(value.end);
   final = Boolean(value.final);
+  reason = value.reason || reason;
+  if (final) stopMicrophone();
   feed();
 });
