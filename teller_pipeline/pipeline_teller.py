@@ -39,6 +39,7 @@ from .models.motion_tokenizer import MotionTokenizer  # noqa: F401
 from .models.renderer import GeometricRenderer  # noqa: F401
 from .models.temporal_refiner import TemporalRefiner  # noqa: F401
 from .streaming import (
+    AUDIO_BATCH_SLICES,
     FPS,
     SLICE_SAMPLES,
     TellerSession,
@@ -471,9 +472,12 @@ class TellerPipeline(DiffusionPipeline):
 
         def frames() -> Iterator[np.ndarray]:
             with self.progress_bar(total=num_slices) as progress:
-                for start in range(0, len(samples), SLICE_SAMPLES):
-                    yield from session.push_16k(samples[start : start + SLICE_SAMPLES])
-                    progress.update()
+                # several slices a push: their audio goes through the encoder as one batch (AUDIO_BATCH_SLICES)
+                step = AUDIO_BATCH_SLICES * SLICE_SAMPLES
+                for start in range(0, len(samples), step):
+                    chunk = samples[start : start + step]
+                    yield from session.push_16k(chunk)
+                    progress.update(-(-len(chunk) // SLICE_SAMPLES))
                 yield from session.finish()
 
         padded_audio = _pad_to(samples, session.total_frames)

@@ -234,6 +234,21 @@ def test_streaming_in_odd_chunks_equals_offline(pipe, speech):
     assert all(np.array_equal(a, b) for a, b in zip(streamed, offline, strict=True))
 
 
+def test_audio_windows_in_a_batch_give_what_each_gives_alone(pipe, speech):
+    """Slices ready together (a file, a live session catching up) share one audio-encoder call; each window must
+    get exactly its own embeddings, or offline would differ from streaming (at the package's thread count: two
+    torch threads give one window alone other roundings)."""
+    from teller_pipeline.streaming import embed_slice_windows, slice_windows, torch_threads
+
+    session = pipe.start_session(pipe.prepare_source(ASTRONAUT, max_size=256))
+    windows = slice_windows(speech[:32000], session.window_samples, session.lookahead_samples)
+    args = (pipe.audio_encoder, pipe.feature_extractor)
+    with torch_threads():
+        batched = embed_slice_windows(*args, windows, session.lookahead_samples)
+        alone = torch.cat([embed_slice_windows(*args, w[None], session.lookahead_samples) for w in windows])
+    assert len(windows) == 10 and torch.equal(batched, alone)
+
+
 def test_stream_accepts_microphone_style_chunks(pipe, speech):
     """(48000, int16 stereo) chunks every 0.5 s, as Gradio's microphone sends them."""
     up = np.repeat(speech, 3)  # crude 48 kHz version; content does not matter here

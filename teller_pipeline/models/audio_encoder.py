@@ -75,13 +75,17 @@ class TellerAudioEncoder(WhisperEncoder):
             raise ValueError(f"window of {frames} mel frames is longer than Whisper's {max_frames}")
         if frames == 0:  # the convolutions reject empty input
             return self.layer_norm.weight.new_zeros(input_features.shape[0], 0, self.config.d_model)
-        x = input_features.to(self.conv1.weight.dtype)
-        x = nn.functional.gelu(self.conv1(x))
-        x = nn.functional.gelu(self.conv2(x)).transpose(1, 2)
+        # The convolutions run window by window: torch's conv1d sums in another order for a batch than for one
+        # window, and a batch must give each window exactly what streaming it alone gives (the layers do).
+        x = torch.cat([self._convolve(window[None]) for window in input_features.to(self.conv1.weight.dtype)])
         x = x + self.embed_positions.weight[: x.shape[1]]
         for layer in self.layers:
             x = layer(x, None)
         return self.layer_norm(x)
+
+    def _convolve(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.gelu(self.conv1(x))
+        return nn.functional.gelu(self.conv2(x)).transpose(1, 2)
 
 
 def log_mel(feature_extractor: WhisperFeatureExtractor, audio_16k: np.ndarray) -> torch.Tensor:
