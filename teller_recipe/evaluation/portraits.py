@@ -1,7 +1,7 @@
 """What a viewer sees, per portrait: how far the mouth opens, whether it closes, how the head moves.
 
     python -m teller_recipe.evaluation.portraits --checkpoint checkpoints/teller-base --corpus data/corpus \
-        --output runs/portraits [--portraits examples/astronaut.png examples/biden.jpg ...] [--held-out 4]
+        --output runs/portraits [--portraits examples/astronaut.png examples/biden.jpg ...] [--held-out 8]
 
 Every portrait speaks two groups of speech with the full pipeline at default settings (streaming session, seed 0):
 
@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--corpus", default="data/corpus", help="a corpus folder (build_corpus); its test split")
     parser.add_argument("--output", default="runs/portraits")
     parser.add_argument("--portraits", nargs="+", default=[str(ROOT / "examples" / p) for p in DEFAULT_PORTRAITS])
-    parser.add_argument("--held-out", type=int, default=4, help="held-out utterances per portrait (0 = none)")
+    parser.add_argument("--held-out", type=int, default=8, help="held-out utterances per portrait (0 = none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
