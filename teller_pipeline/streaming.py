@@ -1,7 +1,7 @@
 """The streaming core: one `TellerSession` per source photo and listener.
 
-Audio chunks of any length and sample rate go in; frames come out as soon as each 200 ms slice (plus the
-model's audio lookahead) has arrived. Per slice, top to bottom as in the paper's figure:
+Audio chunks of any length and sample rate go in; frames come out as soon as each 200 ms slice (plus the part
+of the model's audio lookahead it hears) has arrived. Per slice, top to bottom as in the paper's figure:
 
     audio window ──whisper encoder──▶ 10 frames of 50 Hz embeddings
                  ──motion generator (AR, KV cache)──▶ RVQ tokens
@@ -103,18 +103,26 @@ def num_video_frames(num_samples: int, min_video_seconds: float) -> int:
     return int(round(max(num_samples / SAMPLE_RATE, min_video_seconds) * FPS))
 
 
-def slice_windows(audio: np.ndarray, window_samples: int, lookahead_samples: int) -> np.ndarray:
+def slice_windows(audio: np.ndarray, window_samples: int, lookahead_samples: int,
+                  heard_samples: int | None = None) -> np.ndarray:
     """The audio window of every slice of an utterance, (S, window + lookahead), zero-padded at the ends.
 
-    Slice k covers [0.2·k, 0.2·(k+1)) s; its window ends `lookahead` after the slice. Exactly what a
-    `TellerSession` cuts while streaming, so training sees the features inference computes.
+    Slice k covers [0.2·k, 0.2·(k+1)) s; its window ends `lookahead` after the slice, of which the first
+    `heard_samples` (default: all) are audio and the rest silence. Exactly what a `TellerSession` cuts while
+    streaming, so training sees the features inference computes.
     """
     num_slices = -(-len(audio) // SLICE_SAMPLES)
     width = window_samples + lookahead_samples
     padded = np.zeros(window_samples + num_slices * SLICE_SAMPLES + lookahead_samples, np.float32)
     padded[window_samples : window_samples + len(audio)] = audio
     starts = (np.arange(num_slices) + 1) * SLICE_SAMPLES  # = slice end - window, in padded coordinates
-    return np.stack([padded[s : s + width] for s in starts]) if num_slices else np.zeros((0, width), np.float32)
+    if not num_slices:
+        return np.zeros((0, width), np.float32)
+    windows = np.stack([padded[s : s + width] for s in starts])
+    unheard = lookahead_samples - (lookahead_samples if heard_samples is None else heard_samples)
+    if unheard > 0:
+        windows[:, width - unheard :] = 0.0
+    return windows
 
 
 def embed_slice_windows(
@@ -148,6 +156,7 @@ class TellerSession:
         gen_config = pipeline.motion_generator.config
         self.window_samples = int(round(gen_config.audio_window_seconds * SAMPLE_RATE))
         self.lookahead_samples = int(round(gen_config.audio_lookahead_seconds * SAMPLE_RATE))
+        self.heard_samples = int(round(gen_config.audio_lookahead_heard_seconds * SAMPLE_RATE))
         self.resampler = StreamingResampler()
         generator_model = pipeline.motion_generator
         # Tokens are drawn where the generator's probabilities are: torch samples only with a generator on that
@@ -239,16 +248,16 @@ class TellerSession:
         return frames
 
     def _slices_ready(self, final: bool) -> int:
-        """Slices whose audio and lookahead have arrived; `final`: the slices the video still needs."""
+        """Slices whose audio and heard lookahead have arrived; `final`: the slices the video still needs."""
         if final:
             return max(0, -(-(self.total_frames - self.frames_emitted) // FRAMES_PER_SLICE))
-        return max(0, (self.samples_received - self.lookahead_samples) // SLICE_SAMPLES - self.next_slice)
+        return max(0, (self.samples_received - self.heard_samples) // SLICE_SAMPLES - self.next_slice)
 
     def _window(self, slice_end: int) -> np.ndarray:
-        """Audio [slice_end - window, slice_end + lookahead], zero-padded beyond what exists."""
+        """Audio [slice_end - window, slice_end + lookahead], silent beyond what is heard or exists."""
         start = slice_end - self.window_samples
-        stop = slice_end + self.lookahead_samples
-        window = np.zeros(stop - start, np.float32)
+        window = np.zeros(self.window_samples + self.lookahead_samples, np.float32)
+        stop = slice_end + self.heard_samples
         lo, hi = max(start, self.buffer_start), min(stop, self.buffer_start + len(self.buffer))
         if hi > lo:
             window[lo - start : hi - start] = self.buffer[lo - self.buffer_start : hi - self.buffer_start]

@@ -249,6 +249,24 @@ def test_audio_windows_in_a_batch_give_what_each_gives_alone(pipe, speech):
     assert len(windows) == 10 and torch.equal(batched, alone)
 
 
+def test_a_generator_hearing_less_lookahead_answers_sooner_and_still_streams_as_offline(pipe, speech):
+    from diffusers.configuration_utils import FrozenDict
+
+    source = pipe.prepare_source(ASTRONAUT, max_size=256)
+    assert pipe.start_session(source).push_16k(speech[: 3200 + 800]) == []  # hears all 200 ms of lookahead
+    config = pipe.motion_generator._internal_dict
+    pipe.motion_generator._internal_dict = FrozenDict({**config, "audio_lookahead_heard_seconds": 0.05})
+    try:
+        session = pipe.start_session(source, seed=3)
+        streamed = session.push_16k(speech[: 3200 + 800])  # the first slice and 50 ms past it
+        assert len(streamed) == 5
+        streamed += session.push_16k(speech[3200 + 800 :]) + session.finish()
+        offline = pipe(ASTRONAUT, speech, seed=3, max_size=256).frames
+        assert all(np.array_equal(a, b) for a, b in zip(streamed, offline, strict=True))
+    finally:
+        pipe.motion_generator._internal_dict = config
+
+
 def test_stream_accepts_microphone_style_chunks(pipe, speech):
     """(48000, int16 stereo) chunks every 0.5 s, as Gradio's microphone sends them."""
     up = np.repeat(speech, 3)  # crude 48 kHz version; content does not matter here

@@ -45,12 +45,15 @@ def _init_worker(checkpoint: str, generator_config: str | None, corpus: str, spl
 
     from teller_pipeline.models.motion_generator import MotionGenerator
 
-    gen_config = MotionGenerator.load_config(generator_config or os.path.join(checkpoint, "motion_generator"))
+    # through the model's config: a key the file lacks takes the class's default, as when the pipeline loads it
+    gen_config = MotionGenerator.from_config(
+        MotionGenerator.load_config(generator_config or os.path.join(checkpoint, "motion_generator"))).config
     _WORKER.update(
         encoder=TellerAudioEncoder.from_pretrained(os.path.join(checkpoint, "audio_encoder")).eval(),
         feature_extractor=WhisperFeatureExtractor.from_pretrained(os.path.join(checkpoint, "feature_extractor")),
         window=int(round(gen_config["audio_window_seconds"] * SAMPLE_RATE)),
         lookahead=int(round(gen_config["audio_lookahead_seconds"] * SAMPLE_RATE)),
+        heard=int(round(gen_config["audio_lookahead_heard_seconds"] * SAMPLE_RATE)),
         per_slice=gen_config["audio_frames_per_slice"],
         data=load_from_disk(corpus)[split].with_format("numpy"),
     )
@@ -60,7 +63,7 @@ def _embed(index: int, batch_size: int = 24) -> tuple[np.ndarray, float]:
     """Whisper features (S, 10, 512) fp16 of utterance `index` of the worker's split, and its length in s."""
     w = _WORKER
     audio = np.asarray(w["data"][index]["audio"], np.float32)
-    windows = slice_windows(audio, w["window"], w["lookahead"])
+    windows = slice_windows(audio, w["window"], w["lookahead"], w["heard"])
     if not len(windows):
         return np.zeros((0, w["per_slice"], w["encoder"].config.d_model), np.float16), 0.0
     embeddings = torch.cat([

@@ -376,7 +376,8 @@ def audio_slice_features(pipe, audio: np.ndarray, num_slices: int, batch: int = 
     config = pipe.motion_generator.config
     window = int(round(config.audio_window_seconds * SAMPLE_RATE))
     lookahead = int(round(config.audio_lookahead_seconds * SAMPLE_RATE))
-    windows = slice_windows(audio, window, lookahead)[:num_slices]
+    heard = int(round(config.audio_lookahead_heard_seconds * SAMPLE_RATE))
+    windows = slice_windows(audio, window, lookahead, heard)[:num_slices]
     return torch.cat([
         embed_slice_windows(pipe.audio_encoder, pipe.feature_extractor, windows[i : i + batch], lookahead,
                             config.audio_frames_per_slice)
