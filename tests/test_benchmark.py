@@ -59,7 +59,7 @@ def test_benchmark_reports_every_field(pipe, capsys, tmp_path):
     assert "× floor" in printed
     long = report["long_run"]
     assert long["frames"] == 45 and long["rss_start_mb"] > 0 and long["rss_end_mb"] > 0
-    assert long["peak_rss_mb"] >= max(long["rss_samples_mb"]) - 1
+    assert long["peak_rss_mb"] >= 0.98 * max(long["rss_samples_mb"])  # the kernel updates its high-water mark lazily
     assert "| output | audio enc | generator |" in printed and "128×128 (astronaut.png)" in printed
     assert "long run:" in printed and "0.92" in printed
     assert (tmp_path / "report.json").read_text().startswith("{")

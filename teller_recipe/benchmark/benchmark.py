@@ -197,7 +197,7 @@ def peak_rss_mb() -> float:
 
     On Linux this is the process's own high-water mark (VmHWM). `getrusage`'s ru_maxrss is not: it survives
     `exec`, so a process started from a larger one reports the parent's size at the fork (the plain calls, started
-    from the benchmark with its pipeline loaded, read 1.18-1.23 GB there, their own peak being 0.89-0.97 GB).
+    from the benchmark with its pipeline loaded, read 1.17-1.23 GB there, their own peak being 0.89-0.99 GB).
     """
     try:
         with open("/proc/self/status") as status:
