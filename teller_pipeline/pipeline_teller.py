@@ -554,17 +554,39 @@ def _package_entries(index: dict) -> None:
 
 
 def _own_aligned_memory(pipe: DiffusionPipeline) -> None:
-    """Copy every weight into freshly allocated memory.
+    """Copy every weight that lives in borrowed memory into freshly allocated memory of its own.
 
     Weights loaded from safetensors can sit at addresses that are not 64-byte aligned; oneDNN/MKL then take
     other kernel paths whose float rounding differs in the last bit, and a saved-and-reloaded pipeline would
-    not reproduce the original's video exactly.
+    not reproduce the original's video exactly. Such a weight is a view into the memory-mapped file, which stays
+    mapped (and resident) as long as any view of it lives, so a buffer that is a view is replaced by a new tensor:
+    `.data =` would keep the view's base, and with it the whole file. A weight that already owns all of its
+    storage (the audio encoder's, converted from float16 on loading) is left where it is, not copied again.
     """
+    copies: dict[int, torch.Tensor] = {}  # a buffer shared by several modules stays shared
+
+    def own(tensor: torch.Tensor) -> torch.Tensor:
+        if id(tensor) not in copies:
+            copies[id(tensor)] = tensor.detach().clone() if _borrowed(tensor) else tensor
+        return copies[id(tensor)]
+
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
             with torch.no_grad():
-                for tensor in [*module.parameters(), *module.buffers()]:
-                    tensor.data = tensor.data.clone()
+                for parameter in module.parameters():
+                    if _borrowed(parameter):
+                        parameter.data = parameter.data.clone()
+                for submodule in module.modules():
+                    for name, buffer in submodule._buffers.items():
+                        if buffer is not None:
+                            submodule._buffers[name] = own(buffer)
+
+
+def _borrowed(tensor: torch.Tensor) -> bool:
+    """True unless `tensor` alone owns its storage (not a view, the storage's full size, 64-byte aligned)."""
+    storage = tensor.untyped_storage()
+    return (tensor._is_view() or tensor.storage_offset() != 0 or storage.nbytes() != tensor.nbytes
+            or storage.data_ptr() % 64 != 0)
 
 
 def _pad_to(samples: np.ndarray, num_frames: int) -> np.ndarray:

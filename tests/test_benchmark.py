@@ -20,6 +20,7 @@ import pytest
 from teller_pipeline import streaming
 from teller_pipeline.models.renderer.warp import rasterise
 from teller_pipeline.video import _video_frame
+from teller_recipe import ROOT
 from teller_recipe.benchmark import benchmark
 
 from .conftest import ASTRONAUT, REAL_SPEECH
@@ -58,9 +59,26 @@ def test_benchmark_reports_every_field(pipe, capsys, tmp_path):
     assert "× floor" in printed
     long = report["long_run"]
     assert long["frames"] == 45 and long["rss_start_mb"] > 0 and long["rss_end_mb"] > 0
+    assert long["peak_rss_mb"] >= 0.98 * max(long["rss_samples_mb"])  # the kernel updates its high-water mark lazily
     assert "| output | audio enc | generator |" in printed and "128×128 (astronaut.png)" in printed
     assert "long run:" in printed and "0.92" in printed
     assert (tmp_path / "report.json").read_text().startswith("{")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the process's own peak is read from /proc")
+def test_peak_memory_is_the_process_own_and_resets():
+    """A process started from a larger one reports its own peak: `getrusage`'s ru_maxrss, which the plain calls
+    used to report, survives exec and gave them the benchmark's size at the fork. A reset starts a row afresh."""
+    ballast = np.ones(400_000_000 // 8)  # 400 MB resident here
+    code = "from teller_recipe.benchmark.benchmark import peak_rss_mb; print(peak_rss_mb())"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert float(child.stdout) < 200
+    peak = benchmark.peak_rss_mb()
+    del ballast  # unmapped: resident memory drops by 400 MB, the peak stays
+    assert benchmark.peak_rss_mb() == pytest.approx(peak, abs=1)
+    assert benchmark.reset_peak_rss()
+    assert benchmark.peak_rss_mb() < peak - 300
 
 
 def _busy_children() -> list[int]:

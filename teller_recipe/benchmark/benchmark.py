@@ -10,7 +10,8 @@ and output size it reports:
   process's CPU seconds (all threads) per second of video, which other work on the machine affects far less;
 * latency: from a 200 ms chunk arriving (`session.push`) to its frames being rendered, median and worst. On top
   of this compute, a slice waits for its own 200 ms and the generator's 200 ms audio lookahead;
-* peak resident memory of the process (model loading included);
+* peak resident memory of the process during the row (the loaded pipeline included; on Linux the peak is reset
+  at the start of each row, so a row does not inherit an earlier row's peak);
 * offline generation of the clip (`pipe(image, audio, output_path=...)`: photo analysis, generation, MP4) in
   wall seconds.
 
@@ -28,7 +29,7 @@ Beside these rows, in the same run:
   per frame as a multiple of it, which a shared machine's noise moves far less than the times themselves.
 
 `--long-minutes 10` adds a long run: one session over 10 minutes of speech (the example recordings looped),
-reporting resident memory at its start and end.
+reporting resident memory after its first 10 s and at its end, and its peak.
 
 Stage times are wall-clock times measured inside the session (`TellerSession.timings_ms`); the video encoding
 runs on its own thread, overlapping the next chunk's work, so the stages add up to more than the wall time per
@@ -79,10 +80,11 @@ while time.monotonic() < end and os.getppid() == parent:
 
 # The plain call: a user's script, run in a fresh process. The hook only records the thread count the models ran at.
 PLAIN_CALL = """
-import json, resource, sys, time, warnings
+import json, sys, time, warnings
 import torch
 from teller_pipeline import TellerPipeline, streaming
 from teller_pipeline.video import probe_media
+from teller_recipe.benchmark.benchmark import peak_rss_mb
 
 checkpoint, image, audio, output, max_size = sys.argv[1:6]
 with warnings.catch_warnings():
@@ -97,8 +99,7 @@ video = probe_media(output)
 print(json.dumps(dict(
     seconds=seconds, cpu_seconds=cpu, frames=video["frame_count"], width=video["width"], height=video["height"],
     model_threads=sorted(set(model_threads)), process_threads=torch.get_num_threads(),
-    package_default_threads=streaming.TORCH_THREADS,
-    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1e6 if sys.platform == "darwin" else 1e3),
+    package_default_threads=streaming.TORCH_THREADS, peak_rss_mb=peak_rss_mb(),
 )))
 """
 
@@ -176,6 +177,7 @@ class LongRunResult:
     rss_end_mb: float
     rss_growth_mb: float
     rss_samples_mb: list[float] = field(default_factory=list)
+    peak_rss_mb: float = 0.0  # the run's own peak (the loaded pipeline included)
     load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
@@ -191,11 +193,34 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB."""
+    """Peak resident memory of this process in MB: since its start or the last `reset_peak_rss`.
+
+    On Linux this is the process's own high-water mark (VmHWM). `getrusage`'s ru_maxrss is not: it survives
+    `exec`, so a process started from a larger one reports the parent's size at the fork (the plain calls, started
+    from the benchmark with its pipeline loaded, read 1.17-1.23 GB there, their own peak being 0.89-0.99 GB).
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1e6
+    except (OSError, ValueError):
+        pass
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6  # macOS: bytes, Linux: KiB
+
+
+def reset_peak_rss() -> bool:
+    """Start this process's peak resident memory afresh at its current size (Linux 4.0+); False where it cannot
+    be reset (the peak then stays the process's highest so far)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")  # 5: reset the peak RSS; the other values touch page flags, not wanted here
+        return True
+    except OSError:
+        return False
 
 
 def load_average() -> tuple[float, float, float]:
@@ -312,6 +337,7 @@ def benchmark_run(pipe, image: str, size: int | None, speech: np.ndarray, repeat
     from teller_pipeline.audio import SAMPLE_RATE
 
     native = native_size(image)
+    reset_peak_rss()  # this row's own peak, from the loaded pipeline on
     source = pipe.prepare_source(image, max_size=size or native)
     with busy_processes(busy):
         # warm-up: first-call allocations, thread pools (and the busy processes get going)
@@ -390,19 +416,24 @@ def time_floor(image: np.ndarray, speech: np.ndarray, repeats: int = 1) -> Floor
     cv2.setNumThreads(1)
     try:
         for _ in range(repeats):
-            frames, remap_s = [], 0.0
-            for i in range(num_frames):
-                warp = grid + float(3.0 * np.sin(i / 4.0)) * sway
-                t = time.perf_counter()
-                frames.append(cv2.remap(image, warp, None, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE))
-                remap_s += time.perf_counter() - t
+            # Slice by slice, as a session renders and the live stream encodes: only one slice's frames are held.
+            remap_s = 0.0
             t = time.perf_counter()
             writer = LiveMP4Writer(FPS, SAMPLE_RATE, width, height)
-            for k in range(0, num_frames, FRAMES_PER_SLICE):
-                writer.write(frames[k : k + FRAMES_PER_SLICE],
-                             speech[k * samples_per_frame : (k + FRAMES_PER_SLICE) * samples_per_frame])
-            writer.close()
             encode_s = time.perf_counter() - t
+            for k in range(0, num_frames, FRAMES_PER_SLICE):
+                frames = []
+                for i in range(k, min(k + FRAMES_PER_SLICE, num_frames)):
+                    warp = grid + float(3.0 * np.sin(i / 4.0)) * sway
+                    t = time.perf_counter()
+                    frames.append(cv2.remap(image, warp, None, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE))
+                    remap_s += time.perf_counter() - t
+                t = time.perf_counter()
+                writer.write(frames, speech[k * samples_per_frame : (k + FRAMES_PER_SLICE) * samples_per_frame])
+                encode_s += time.perf_counter() - t
+            t = time.perf_counter()
+            writer.close()
+            encode_s += time.perf_counter() - t
             best_remap, best_encode = min(best_remap, remap_s), min(best_encode, encode_s)
     finally:
         cv2.setNumThreads(threads)
@@ -471,8 +502,9 @@ def long_run(pipe, image: str, size: int | None, speech: np.ndarray, encode: boo
     """One session over all of `speech`; resident memory sampled every 10 s of speech.
 
     The start value is taken after the first 10 s, once the generator's bounded context and the encoders'
-    buffers have filled; the end value after the last chunk.
+    buffers have filled; the end value after the last chunk. The peak is the run's own, photo analysis included.
     """
+    reset_peak_rss()
     source = pipe.prepare_source(image, max_size=size)
     samples: list[float] = []
     every = int(round(10 / CHUNK_SECONDS))
@@ -485,7 +517,7 @@ def long_run(pipe, image: str, size: int | None, speech: np.ndarray, encode: boo
         minutes=len(speech) / 16000 / 60, width=width, height=height, frames=frames, fps=frames / wall,
         real_time_factor=wall / (frames / 25), rss_start_mb=samples[0], rss_end_mb=samples[-1],
         rss_growth_mb=samples[-1] - samples[0], rss_samples_mb=[round(s, 1) for s in samples],
-        load_before=load_before, load_after=load_average(),
+        peak_rss_mb=peak_rss_mb(), load_before=load_before, load_after=load_average(),
     )
 
 
@@ -526,7 +558,8 @@ def format_table(results: list[StreamResult | PlainCallResult]) -> str:
 def format_long_run(r: LongRunResult) -> str:
     return (f"long run: {r.minutes:.1f} min of speech at {r.width}×{r.height}, {r.frames} frames, "
             f"{r.fps:.1f} FPS (RTF {r.real_time_factor:.2f}); RSS {r.rss_start_mb:.0f} MB after 10 s → "
-            f"{r.rss_end_mb:.0f} MB at the end (growth {r.rss_growth_mb:+.1f} MB); "
+            f"{r.rss_end_mb:.0f} MB at the end (growth {r.rss_growth_mb:+.1f} MB, highest sample "
+            f"{max(r.rss_samples_mb):.0f} MB), peak {r.peak_rss_mb:.0f} MB; "
             f"load {r.load_before[0]:.1f} → {r.load_after[0]:.1f}")
 
 
