@@ -317,7 +317,7 @@ pocketsphinx for the real recordings).
 ### What a viewer sees, per portrait
 
 `python -m teller_recipe.evaluation.portraits`: every example portrait speaks two real recordings joined with
-ordinary pauses, and four held-out utterances, at default settings; the face landmarker measures the rendered
+ordinary pauses, and eight held-out utterances, at default settings; the face landmarker measures the rendered
 frames. The lip gap is in units of the outer eye-corner distance (0.11 ≈ 1 cm on an adult); the implied gap is
 what the phones ask for. Contact sheets: the three widest-open frames, the median p/b/m frame, a blink and a
 pause, at full resolution, with the mouths enlarged (nearest neighbour) underneath.
@@ -330,19 +330,24 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
 
 ## Limitations
 
-- Mouth size (table "What a viewer sees" above): at default settings, on real speech with pauses, the
-  landmarker reads the lips parting to a p90 of 0.116–0.160 of the eye-corner distance (≈ 1–1.5 cm) and a maximum
-  of 0.17–0.23, 0.91–1.26 of what the phones ask. Grace Hopper (p90 0.116) and the astronaut (0.119) stay just
-  under the p90 ≥ 0.12 a talking person shows, Jesper's maximum (0.167) under 0.18, and the two party photos
-  overshoot (ratio 1.22 and 1.26 against 1.2). Identity priors are clamped to the training faces' range
-  (`MotionGenerator.fit_identity_range`): real photos land far outside a synthetic corpus' faces, and before the
-  clamp the generator answered the smiling and turned faces with a nearly shut mouth (p90 0.059–0.074).
-- Held-out synthetic voices: the lips meet less on p/b/m than on real recordings (bilabial ratio 0.24–0.57 on
-  the held-out group, ≤ 0.3 on two of eight portraits; 0.00–0.14 on real speech except the three-quarter view,
-  0.40).
+- Mouth size (table "What a viewer sees" above; these figures from `python -m teller_recipe.evaluation.portraits`
+  on 2026-12-02, ten portraits): at default settings, on real speech with pauses, the landmarker reads the lips
+  parting to a p90 of 0.114–0.169 of the eye-corner distance (≈ 1–1.5 cm) and a maximum of 0.17–0.25, 0.89–1.33 of
+  what the phones ask, on nine of ten portraits; the head bowed 30° reads 0.064 (its driven lips part 0.105, the
+  render shows ~60 % of that). Grace Hopper (0.116), Biden (0.114) and the astronaut (0.119) stay just under the
+  p90 ≥ 0.12 a talking person shows although the lips they are given part 0.118–0.128; the photos whose lips are
+  apart overshoot (ratio 1.21–1.33): their landmarker's inner-lip line runs over the teeth, and the teeth beyond it
+  ride out with the lips. Identity priors are clamped to the training faces' range
+  (`MotionGenerator.fit_identity_range`) and lose their depth (`in_image_plane`): real photos land far outside a
+  synthetic corpus' faces, and the generator answered them with a nearly shut mouth (smiling and turned faces p90
+  0.059–0.074 before the clamp; Obama speaking, photographed mid-word, 0.046–0.069 before the depth went).
+- Held-out synthetic voices: the lips meet less on p/b/m than on real recordings (bilabial ratio 0.13–0.57 on
+  the held-out group, ≤ 0.3 on three of ten portraits, 0.24–0.36 in the lips the generator drives; 0.00–0.19 on
+  real speech except the three-quarter view, 0.37).
 - A mouth photographed open is closed by geometry (`MotionEncoder.close_lips`): in the pauses of real and
-  held-out speech the lips meet in ≥ 90 % of silent frames on six of eight portraits; on the two scanned party
-  photos the seam looks closed on the contact sheets, but the landmarker reads the lips 0.03–0.05 apart.
+  held-out speech the lips meet in ≥ 90 % of silent frames on seven of ten portraits; on the three whose lips are
+  apart in the photo (Obama speaking, the two scanned party photos) the seam looks closed on the contact sheets,
+  but the landmarker reads the lips 0.025–0.05 apart.
 - Head motion measured on rendered frames is dominated by the landmarker's own frame-to-frame noise (the
   corpus' motion rendered and measured the same way reads within 0.92–1.24× of the generated). Before rendering,
   the default 0.3 s head smoothing keeps the generated head's speed within 0.95–1.15× and its jitter within
@@ -351,7 +356,7 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
   faces, and expressiveness (emotion, gaze, large head turns) is limited.
 - The geometric renderer moves the photo's own pixels: large head rotations, profile photos, occlusions
   (hands, microphones), heavy beards and glasses can show distortion; teeth and mouth interior are synthesized.
-  No example portrait yet shows a face looking down or a beard.
+  No example portrait yet shows a beard.
 - English speech only was used for training; other languages move the lips less accurately.
 - One face is animated (the largest); the rest of the photo only follows the head.
 
