@@ -11,8 +11,11 @@ visitor their place and switches their microphone on when their turn comes.
 import asyncio
 import base64
 import contextlib
+import ctypes
 import logging
 import multiprocessing
+import os
+import platform
 import queue
 import re
 import threading
@@ -46,8 +49,27 @@ LINE_POLL_SECONDS = 0.25
 # only after that, or after this long (a microphone switched off while recording is stuck in "recording").
 MIC_STOP_GRACE_SECONDS = 3.0
 
+# glibc's malloc arenas for the whole server. By default each thread that allocates gets an arena of its own, up
+# to 8 per core, and an arena keeps most of what is freed in it. Gradio steps a session's generator on whichever of
+# its worker threads is free, so every session's frames, tensors and encoder buffers are spread over a dozen arenas,
+# and the server grew by ~12 MB per live session through the page (+242 MB over 20 sessions); with 2 it stays flat.
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
+
 # (frames, the voice that goes with them, its sample rate), as `live_frames` yields them.
 FramesAndVoice = tuple[np.ndarray, np.ndarray, int]
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas at `arenas` (see `MALLOC_ARENAS`); whether the cap was set. Nothing is done on other
+    C libraries, or where MALLOC_ARENA_MAX is set (the operator's choice stands). Call it before the server's threads
+    start: glibc fixes its limit once a process has more than 8 arenas."""
+    if os.environ.get("MALLOC_ARENA_MAX") or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        return ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas) == 1
+    except (OSError, AttributeError):
+        return False
 
 
 # ---------------------------------------------------------------------------------------------- visitor errors
