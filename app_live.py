@@ -60,16 +60,33 @@ _M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
 FramesAndVoice = tuple[np.ndarray, np.ndarray, int]
 
 
+def _glibc() -> ctypes.CDLL | None:
+    """The C library, where it is glibc (whose malloc the settings below are for)."""
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     """Cap glibc's malloc arenas at `arenas` (see `MALLOC_ARENAS`); whether the cap was set. Nothing is done on other
     C libraries, or where MALLOC_ARENA_MAX is set (the operator's choice stands). Call it before the server's threads
     start: glibc fixes its limit once a process has more than 8 arenas."""
-    if os.environ.get("MALLOC_ARENA_MAX") or platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None or os.environ.get("MALLOC_ARENA_MAX"):
         return False
-    try:
-        return ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas) == 1
-    except (OSError, AttributeError):
-        return False
+    return libc.mallopt(_M_ARENA_MAX, arenas) == 1
+
+
+def release_freed_memory() -> None:
+    """Give the pages malloc holds free back to the system (glibc only). Once a session has ended, what its frames and
+    encoder used is free but stays in the process, so its memory shows the busiest session so far rather than what it
+    holds; this costs a few milliseconds."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 # ---------------------------------------------------------------------------------------------- visitor errors
@@ -533,6 +550,8 @@ class LiveServer:
             if chunks is not None:
                 self.sessions.close(key, chunks)
             self.line.end(key, token)
+            del frames, writer, chunks
+            release_freed_memory()
 
     def chunk(self, chunk: tuple[int, np.ndarray] | None, request: gr.Request) -> None:
         """Each microphone chunk, (rate, int16 samples), goes to the visitor's running session."""
