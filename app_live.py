@@ -182,6 +182,11 @@ class LiveSessions:
         with self._lock:
             return len(self._live)
 
+    def visitors(self) -> int:
+        """Visitors anything is kept for (a running session, an analysed portrait), for monitoring and tests."""
+        with self._lock:
+            return len(self._live.keys() | self._portraits.keys())
+
     def portrait(self, key: str, path: str, max_size: int) -> PreparedSource:
         """The visitor's portrait analysed once: reused by every session until they pick another."""
         with self._lock:

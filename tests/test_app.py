@@ -394,6 +394,7 @@ def _server_rss_mb() -> float:
 def test_live_sessions_opened_and_closed_leave_memory_flat(app, mic_speech):
     # 20 visitors, one after another, each as a page does it: the portrait analysed when chosen, a session of 1.2 s of
     # speech at the page's default size, Stop, then the tab closed. What one visitor leaves behind would show x20.
+    # (Through the page, Gradio's worker threads add what many malloc arenas keep: the slow browser test measures it.)
     speech = mic_speech[: int(1.2 * MIC_RATE)]
 
     def visit(name: str) -> None:
@@ -409,7 +410,8 @@ def test_live_sessions_opened_and_closed_leave_memory_flat(app, mic_speech):
         visit(f"live-memory-{i}")
     growth = _server_rss_mb() - before
     print(f"\nLive memory: {before:.0f} MB after a warm-up session, {growth:+.1f} MB after 20 more")
-    assert app.live.sessions.count() == 0 and app.live.line.count() == (0, 0)
+    # Nothing of theirs is kept (an analysed portrait is too small to show in the memory of 20 visitors).
+    assert app.live.sessions.visitors() == 0 and app.live.line.count() == (0, 0)
     assert growth <= 50, f"20 live sessions left {growth:.1f} MB behind"
 
 
