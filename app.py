@@ -34,7 +34,7 @@ import torch
 from gradio import processing_utils, route_utils
 from gradio.data_classes import ImageData
 
-from app_live import FramesAndVoice, LiveServer, live_frames, visitor_errors
+from app_live import FramesAndVoice, LiveServer, limit_malloc_arenas, live_frames, visitor_errors
 from teller_pipeline import HUB_MODEL_ID, TellerPipeline
 from teller_pipeline.audio import SAMPLE_RATE, load_audio
 from teller_pipeline.controls import GenerationControls
@@ -65,6 +65,9 @@ CHUNK_SECONDS = 0.1
 MAX_UPLOAD_SIZE = "50mb"
 # Serve the Generate tab as an MCP tool too, where Gradio's `mcp` extra is installed.
 MCP_SERVER = importlib.util.find_spec("mcp") is not None
+
+# Before any thread starts: live sessions otherwise leave memory behind in many malloc arenas (see app_live).
+limit_malloc_arenas()
 
 ZERO_GPU = spaces.config.Config.zero_gpu
 DEVICE = "cuda" if ZERO_GPU or torch.cuda.is_available() else "cpu"

@@ -6,6 +6,7 @@ Screenshots of both tabs go to $TELLER_SCREENSHOTS (default: pytest's temporary 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -387,3 +388,75 @@ def test_a_session_at_its_time_limit_stops_the_microphone_and_says_why(page, ser
     # after the limit: the session's own clock starts a moment after this one).
     assert heard - 0.05 <= played <= heard + 0.1 * len(late) + 0.05
     assert page.teller_console == []
+
+
+@pytest.fixture(scope="module")
+def served_app(tmp_path_factory):
+    """`python app.py` in a process of its own, as a server runs it (its memory is measured alone); stopped with
+    SIGTERM at the end."""
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("served_app") / "app.log"
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=Path(__file__).resolve().parent.parent,
+                               env=dict(os.environ, GRADIO_SERVER_PORT=str(port), HF_HUB_OFFLINE="1"),
+                               stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            assert process.poll() is None, f"app.py exited: {log.read_text()[-2000:]}"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}config", timeout=2).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "app.py did not start"
+            time.sleep(0.5)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # app.py exits as on Ctrl-C, removing its temporary files
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.slow
+def test_live_sessions_through_the_page_leave_the_servers_memory_flat(browser, served_app):
+    # 21 visitors one after another, each in a browser context of their own: open the page, pick the astronaut, speak
+    # 3 s, Stop, watch the video to its end, close the tab. The server (`python app.py`, nothing else in its process)
+    # may not keep what a visitor leaves behind: over 20 sessions after the first, at most 50 MB.
+    url, process = served_app
+    rss = [_rss_mb(process.pid)]
+    started = time.monotonic()
+    for _ in range(21):
+        context = browser.new_context(viewport={"width": 1280, "height": 1000}, permissions=["microphone"])
+        page = context.new_page()
+        page.goto(url, wait_until="load")
+        page.get_by_role("tab", name="Live").click()
+        page.locator(".gallery button, button.gallery-item").first.click()
+        page.get_by_text("Portrait ready").wait_for(timeout=30_000)
+        # The last visitor's session may still be finishing: their slot frees when it is done.
+        page.get_by_role("button", name="Record").click(timeout=30_000)
+        page.wait_for_function("() => document.querySelector('#live-video video').currentTime > 3", timeout=60_000)
+        page.get_by_role("button", name="Stop").click()
+        page.wait_for_function("() => document.querySelector('#live-video video').ended", timeout=60_000)
+        context.close()
+        time.sleep(2)  # the server hears that the tab closed
+        rss.append(_rss_mb(process.pid))
+    growth = rss[-1] - rss[1]
+    print(f"\nLive memory through the page: server RSS {rss[0]:.0f} MB at start, {rss[1]:.0f} MB after a first "
+          f"session, {rss[-1]:.0f} MB after 20 more ({growth:+.1f} MB, {time.monotonic() - started:.0f} s); "
+          "after each: " + " ".join(f"{value:.0f}" for value in rss[1:]))
+    assert growth <= 50, f"20 live sessions through the page left {growth:.1f} MB behind"
