@@ -130,6 +130,13 @@ def _real_speech_metrics(pipe, real_speech, portrait: str) -> dict:
 
 
 @pytest.mark.parametrize("portrait", ["grace_hopper.jpg", "obama_speaking.jpg"])
+def test_real_speech_keeps_sync_and_meets_on_bilabials(pipe, real_speech, portrait):
+    """The part of the test below that holds on every portrait, also where its size or closing is an xfail."""
+    m = _real_speech_metrics(pipe, real_speech, portrait)
+    assert m["face_found"] == 1.0 and m["sync_r"] >= SYNC_R and m["bilabial_ratio"] <= BILABIAL, m
+
+
+@pytest.mark.parametrize("portrait", ["grace_hopper.jpg", "obama_speaking.jpg"])
 def test_a_photo_taken_mid_word_is_driven_as_far_as_a_closed_mouth(pipe, real_speech, portrait):
     """The motion handed to the renderer (before it and the landmarker): a photo whose lips are wide apart gets a
     mouth as large as a closed-mouth photo's (once half as large: its identity prior's landmark depth)."""
