@@ -40,7 +40,7 @@ FRAMES_PER_SLICE = int(FPS * SLICE_SECONDS)  # 5
 AUDIO_FRAME_RATE = 50  # whisper encoder output rate
 # Slices whose audio has all arrived (a file, or a live session catching up) go through the audio encoder together,
 # up to this many: one batch costs far less per window than one call each (`embed_slice_windows` gives each window
-# exactly what it gives alone). 10 slices = 2 s of speech, a batch of ~12 MB of activations.
+# exactly what it gives alone). 10 slices = 2 s of speech.
 AUDIO_BATCH_SLICES = 10
 
 # A slice's frames are independent given their landmarks, and the renderer spends most of its time in numpy and
@@ -119,9 +119,8 @@ def slice_windows(audio: np.ndarray, window_samples: int, lookahead_samples: int
     if not num_slices:
         return np.zeros((0, width), np.float32)
     windows = np.stack([padded[s : s + width] for s in starts])
-    unheard = lookahead_samples - (lookahead_samples if heard_samples is None else heard_samples)
-    if unheard > 0:
-        windows[:, width - unheard :] = 0.0
+    if heard_samples is not None and heard_samples < lookahead_samples:
+        windows[:, width - (lookahead_samples - heard_samples) :] = 0.0
     return windows
 
 

@@ -34,8 +34,8 @@ def in_image_plane(identity_prior: torch.Tensor) -> torch.Tensor:
     Landmark depth from one photo is unreliable (the landmarker's z of a real portrait's lips, chin and mouth
     corners lands up to 1.2 beyond the training faces' range), and the generator answered some such priors with a
     half-size mouth even after the range clamp: on Obama speaking, the lip gap of the landmarks it drives was p90
-    0.046-0.069 over three seeds with depth, 0.129-0.138 without; the other example portraits moved by at most
-    ±0.011 (`python -m teller_recipe.evaluation.portraits`, column "driven gap p90").
+    0.046-0.069 over seeds 0-2 with depth, 0.129-0.138 without; the other example portraits moved by at most
+    ±0.011 (`python -m teller_recipe.evaluation.portraits --seed S`, table "Before rendering").
     """
     return torch.cat([identity_prior[..., :2], torch.zeros_like(identity_prior[..., 2:])], -1)
 
@@ -75,11 +75,12 @@ class MotionGenerator(ModelMixin, ConfigMixin):
         audio_lookahead_seconds: float = 0.2,
         # Of the lookahead, the part that is heard; the rest of the window is silence. A slice is generated once
         # this much audio past it has arrived, so it sets the live delay. The starter checkpoint was trained
-        # hearing all 0.2 s. Hearing less, on the real-speech clip of `teller_recipe.evaluation.portraits` (ten
-        # portraits × three seeds, the lips before rendering), 0.2 / 0.1 / 0.05 s: gap p90 0.126 / 0.124 / 0.122,
-        # maximum 0.216 / 0.208 / 0.202, sync r 0.924 / 0.927 / 0.934; 100-150 ms sooner, but Grace Hopper's mouth
-        # fell under tests/test_portraits.py's size floor at 0.1 s (ratio 0.83), so the default hears it all until
-        # a generator is trained hearing less.
+        # hearing all 0.2 s. Hearing less (`python -m teller_recipe.evaluation.portraits --corpus none --held-out 0
+        # --seed S --lookahead-heard H`, table "Before rendering", real speech, mean over ten portraits and seeds
+        # 0-2), 0.2 / 0.1 / 0.05 s: gap p90 0.126 / 0.124 / 0.122, maximum 0.216 / 0.208 / 0.202; sync r
+        # 0.924 / 0.927 / 0.934. That is 100-150 ms sooner, but Grace Hopper's mouth fell under
+        # tests/test_portraits.py's size floor at 0.1 s (ratio 0.83), so the default hears it all until a
+        # generator is trained hearing less.
         audio_lookahead_heard_seconds: float = 0.2,
     ):
         super().__init__()

@@ -336,8 +336,9 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
   what the phones ask, on nine of ten portraits; the head bowed 30° reads 0.064 (its driven lips part 0.105, the
   render shows ~60 % of that). Grace Hopper (0.116), Biden (0.114) and the astronaut (0.119) stay just under the
   p90 ≥ 0.12 a talking person shows although the lips they are given part 0.118–0.128; the photos whose lips are
-  apart overshoot (ratio 1.21–1.33): their landmarker's inner-lip line runs over the teeth, and the teeth beyond it
-  ride out with the lips. Identity priors are clamped to the training faces' range
+  apart overshoot (ratio 1.21–1.33): at small openings the landmarker reads their rendered lips further apart
+  than they are driven (0.054 → 0.115 on the glasses photo), also with the mouth interior left out; why is not
+  known yet. Identity priors are clamped to the training faces' range
   (`MotionGenerator.fit_identity_range`) and lose their depth (`in_image_plane`): real photos land far outside a
   synthetic corpus' faces, and the generator answered them with a nearly shut mouth (smiling and turned faces p90
   0.059–0.074 before the clamp; Obama speaking, photographed mid-word, 0.046–0.069 before the depth went).
