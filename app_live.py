@@ -24,6 +24,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import gradio as gr
 import numpy as np
@@ -56,8 +57,27 @@ MIC_STOP_GRACE_SECONDS = 3.0
 MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
 
-# (frames, the voice that goes with them, its sample rate), as `live_frames` yields them.
-FramesAndVoice = tuple[np.ndarray, np.ndarray, int]
+# How much of the generator's audio lookahead a live session waits for. 0.1 s instead of the checkpoint's 0.2 s
+# shows each word 100 ms sooner; the mouth opens a little less (gap p90 0.124 instead of 0.126 before rendering,
+# see `MotionGenerator`'s `audio_lookahead_heard_seconds`), a trade the Live tab makes and offline videos do not.
+LIVE_LOOKAHEAD_HEARD_SECONDS = 0.1
+# A session further behind the speech it has heard than this renders (and encodes) every other frame until it has
+# caught up (below CAUGHT_UP_SECONDS) and stayed so for REDUCED_MIN_SECONDS: on a machine short of CPU the video
+# keeps close to the voice at 12.5 frames a second instead of falling seconds behind at 25. Normally a session is
+# up to one slice (0.2 s) and one microphone chunk (0.1 s) behind.
+BEHIND_SECONDS = 0.3
+CAUGHT_UP_SECONDS = 0.2
+REDUCED_MIN_SECONDS = 3.0
+
+
+class FramesAndVoice(NamedTuple):
+    """What `live_frames` yields: frames (a repeated frame is the same array, see `TellerSession.frame_step`), the
+    voice that goes with them and its sample rate, and whether the frame rate is reduced to keep up."""
+
+    frames: list[np.ndarray]
+    voice: np.ndarray
+    rate: int
+    reduced: bool = False
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -404,9 +424,11 @@ def live_frames(
     """A live session's model loop: audio chunks from `chunks` in, (frames, their audio, rate) out, until the
     sentinel None, `seconds` of session time, or `idle_seconds` without a chunk. Speech that arrived before the
     time limit is all animated, also what a machine behind the speech has not reached by then."""
-    session = pipe.start_session(prepared, **controls)
+    session = pipe.start_session(prepared, audio_lookahead_heard_seconds=LIVE_LOOKAHEAD_HEARD_SECONDS, **controls)
+    heard = session.heard_samples / SAMPLE_RATE
     voice = VoiceTrack()
     deadline = time.monotonic() + seconds
+    reduced_since = None  # when the frame rate was reduced
     ended = False
     while not ended:
         left = deadline - time.monotonic()
@@ -420,6 +442,15 @@ def live_frames(
         with contextlib.suppress(queue.Empty):
             while batch[-1] is not None:
                 batch.append(chunks.get_nowait())
+        # How far behind the speech the video is (what was heard, less the lookahead a slice waits for).
+        waiting = sum(len(chunk[1]) / chunk[0] for chunk in batch if chunk is not None)
+        behind = session.samples_received / SAMPLE_RATE + waiting - heard - session.frames_emitted / FPS
+        now = time.monotonic()
+        if behind > BEHIND_SECONDS:
+            reduced_since = now
+        elif reduced_since is not None and behind < CAUGHT_UP_SECONDS and now - reduced_since > REDUCED_MIN_SECONDS:
+            reduced_since = None
+        session.frame_step = 1 if reduced_since is None else 2
         frames: list[np.ndarray] = []
         for chunk in batch:
             if chunk is None:
@@ -433,10 +464,12 @@ def live_frames(
                 continue
             voice.add(samples, rate)
         if frames:
-            yield np.stack(frames), voice.take(len(frames)), voice.rate
+            yield FramesAndVoice(frames, voice.take(len(frames)), voice.rate, session.frame_step > 1)
     frames = session.finish()
     if frames:
-        yield np.stack(frames), voice.take(len(frames)), voice.rate or SAMPLE_RATE
+        yield FramesAndVoice(frames, voice.take(len(frames)), voice.rate or SAMPLE_RATE, session.frame_step > 1)
+    logger.info("live session: %d frames; ms per frame: %s", session.frames_emitted, ", ".join(
+        f"{stage} {ms / max(session.frames_emitted, 1):.1f}" for stage, ms in session.timings_ms.items()))
 
 
 class LiveServer:
@@ -528,9 +561,9 @@ class LiveServer:
                 controls = dict(head_motion_scale=head_motion, expression_scale=expression,
                                 blinks_per_minute=blinks_per_minute)
                 frames = self.frames(prepared, controls, chunks, self.seconds, self.idle_seconds)
-                for batch, audio, rate in frames:
+                for batch, audio, rate, reduced in frames:
                     if writer is None:
-                        height, width = batch.shape[1:3]
+                        height, width = batch[0].shape[:2]
                         writer = LiveMP4Writer(FPS, rate, width, height)
                         player["mime"] = writer.mime_type
                         logger.info("live %s: first video %.2f s after recording started", key[:8],
@@ -540,7 +573,8 @@ class LiveServer:
                     # plays it all (and, at the limit, stops the microphone).
                     reason = self._limit_reason() if time.monotonic() >= deadline else None
                     final = reason is not None or not self.sessions.is_running(key, chunks)
-                    yield _player_chunk(player, writer.write(list(batch), audio), final=final, reason=reason)
+                    yield _player_chunk(player, writer.write(batch, audio), final=final, reason=reason,
+                                        reduced=reduced)
                 if writer is not None:
                     reason = None  # Stop: the visitor knows why
                     if self.sessions.is_running(key, chunks):
@@ -575,12 +609,14 @@ class LiveServer:
         return f"the {self.seconds:g} s limit was reached"
 
 
-def _player_chunk(player: dict, data: bytes, final: bool = False, end: bool = False, reason: str | None = None) -> dict:
+def _player_chunk(player: dict, data: bytes, final: bool = False, end: bool = False, reason: str | None = None,
+                  reduced: bool = False) -> dict:
     """The player's value for one chunk; numbered, so the page can tell if one went missing. `final`: the speech
     has ended, so the player plays every frame from here on instead of skipping ahead to keep up, and stops the
     microphone if it still records; `end`: the stream's last chunk; `reason`: why the session ended, when the
-    visitor did not press Stop."""
-    chunk = player | dict(data=base64.b64encode(data).decode("ascii"), final=final, end=end, reason=reason)
+    visitor did not press Stop; `reduced`: the frame rate is reduced to keep up (the page says so)."""
+    chunk = player | dict(data=base64.b64encode(data).decode("ascii"), final=final, end=end, reason=reason,
+                          reduced=reduced)
     player["seq"] += 1
     return chunk
 

@@ -144,9 +144,15 @@ class TellerSession:
 
     `num_threads`: torch threads for the session's model calls, set for each `push`/`finish` and restored after
     (see `torch_threads`; None = `TORCH_THREADS`, 0 = the caller's own setting).
+    `audio_lookahead_heard_seconds`: how much of the generator's audio lookahead the session waits for (None: the
+    checkpoint's `MotionGenerator` setting); less gives frames sooner, at a small cost in mouth size (see there).
+    `frame_step` (changeable between pushes): render every `frame_step`-th frame and repeat it, the same array,
+    in between; a live server short of CPU sets 2 to halve its rendering and encoding (`LiveMP4Writer` encodes a
+    repeated frame once). The motion itself is computed for every frame either way.
     """
 
-    def __init__(self, pipeline, source, controls: GenerationControls | None = None, num_threads: int | None = None):
+    def __init__(self, pipeline, source, controls: GenerationControls | None = None, num_threads: int | None = None,
+                 audio_lookahead_heard_seconds: float | None = None):
         self.pipe = pipeline
         self.source = source  # PreparedSource
         self.controls = controls or GenerationControls()
@@ -155,7 +161,14 @@ class TellerSession:
         gen_config = pipeline.motion_generator.config
         self.window_samples = int(round(gen_config.audio_window_seconds * SAMPLE_RATE))
         self.lookahead_samples = int(round(gen_config.audio_lookahead_seconds * SAMPLE_RATE))
-        self.heard_samples = int(round(gen_config.audio_lookahead_heard_seconds * SAMPLE_RATE))
+        heard = audio_lookahead_heard_seconds
+        if heard is None:
+            heard = gen_config.audio_lookahead_heard_seconds
+        elif not (isinstance(heard, numbers.Real) and 0 <= heard <= gen_config.audio_lookahead_seconds):
+            raise ValueError(f"audio_lookahead_heard_seconds must be between 0 and the generator's lookahead, "
+                             f"{gen_config.audio_lookahead_seconds:g} s, got {heard!r}")
+        self.heard_samples = int(round(heard * SAMPLE_RATE))
+        self.frame_step = 1
         self.resampler = StreamingResampler()
         generator_model = pipeline.motion_generator
         # Tokens are drawn where the generator's probabilities are: torch samples only with a generator on that
@@ -300,7 +313,9 @@ class TellerSession:
         motion = features_to_motion(torch.from_numpy(features))
         landmarks = pipe.motion_encoder.decode(self.source.face, motion)
         t = self._tick("landmarks", t)
-        frames = _render_all(pipe.renderer, self.source.render_state, landmarks)
+        step = max(1, int(self.frame_step))
+        rendered = _render_all(pipe.renderer, self.source.render_state, landmarks[::step])
+        frames = [rendered[i // step] for i in range(len(landmarks))]
         self._tick("renderer", t)
         self.frames_emitted += len(frames)
         return frames

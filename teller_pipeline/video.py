@@ -181,7 +181,9 @@ class LiveMP4Writer:
     Video is low latency (``tune=zerolatency``: no B-frames, no lookahead, one packet per frame) with a
     keyframe every 2 s. Audio is AAC at 48 kHz (see the module doc); its encoder holds back about 43 ms, which
     comes with the next chunk or with :meth:`close`. Frames must be ``(height, width, 3)`` uint8 RGB; odd sizes
-    are padded like ``write_mp4``.
+    are padded like ``write_mp4``. A frame that is the very array of the frame before it (a `TellerSession` with
+    ``frame_step`` 2 repeats each rendered frame) is not encoded again: the one before lasts longer, which costs
+    the encoder nothing.
     """
 
     def __init__(
@@ -210,6 +212,8 @@ class LiveMP4Writer:
         self._reformatter = VideoReformatter()
         self._frames = 0
         self._samples = 0
+        self._durations: list[int] = []  # in frames, of each frame given to the encoder and not yet out of it
+        self._last_frame: np.ndarray | None = None
         self._decode_time = {s.index: 0 for s in (self._video, self._audio)}  # in each track's time base
         self._sequence = 0
         self._closed = False
@@ -232,6 +236,11 @@ class LiveMP4Writer:
         rgb = [_prepare_rgb(f, self._in_size) for f in frames]  # validate before touching encoder state
         video: list[av.Packet] = []
         for i, frame in enumerate(rgb):
+            if frames[i] is self._last_frame and self._durations:  # (not if its fragment is already out)
+                self._durations[-1] += 1
+                continue
+            self._last_frame = frames[i]
+            self._durations.append(1)
             video += self._video.encode(_video_frame(frame, self._frames + i, reformatter=self._reformatter))
         # The AAC encoder's first packet starts before zero (its priming): dropped, so both tracks start at
         # zero. It holds the first 21 ms of the stream, silence as a recording starts.
@@ -261,7 +270,9 @@ class LiveMP4Writer:
             samples = []
             for packet in packets:
                 payload = _annexb_to_length_prefixed(bytes(packet)) if stream is self._video else bytes(packet)
-                ticks = 1 if stream is self._video else packet.duration  # x264 leaves video durations at 0
+                # x264 leaves video durations at 0; with zerolatency its packets come out in input order, one per
+                # frame (no B-frames), so each takes the next frame's duration.
+                ticks = self._durations.pop(0) if stream is self._video else packet.duration
                 duration = round(ticks * packet.time_base / self._timescale[stream.index])
                 # Sample flags: a sync sample depends on nothing (0x02000000); other frames do and aren't sync.
                 flags = 0x02000000 if stream is self._audio or packet.is_keyframe else 0x01010000
@@ -340,6 +351,7 @@ def probe_media(path: str | Path) -> dict:
     )
     info.update(frame_count=0, video_pts_increasing=True, audio_pts_increasing=True)
     times: dict[str, list[float]] = {"video": [], "audio": []}
+    last_frame_seconds = None  # how long the last video frame shows (frames of a live stream may differ)
     samples = 0
     with av.open(str(path)) as container:
         streams = list(container.streams.video[:1]) + list(container.streams.audio[:1])
@@ -356,12 +368,14 @@ def probe_media(path: str | Path) -> dict:
                 times[packet.stream.type].append(frame.time)
                 if packet.stream.type == "video":
                     info.update(width=frame.width, height=frame.height)
+                    if frame.duration and frame.time_base:
+                        last_frame_seconds = float(frame.duration * frame.time_base)
                 else:
                     samples += frame.samples
     video_t, audio_t = times["video"], times["audio"]
     info["frame_count"] = len(video_t)
-    if video_t and info["fps"]:
-        info["video_duration"] = video_t[-1] - video_t[0] + 1 / info["fps"]
+    if video_t and (last_frame_seconds or info["fps"]):
+        info["video_duration"] = video_t[-1] - video_t[0] + (last_frame_seconds or 1 / info["fps"])
     if info["audio_sample_rate"]:
         info["audio_duration"] = samples / info["audio_sample_rate"]
     info["video_pts_increasing"] = bool(np.all(np.diff(video_t) > 0))

@@ -246,7 +246,9 @@ class Visitor:
 
     @property
     def frames(self) -> int:
-        return self.video()["frame_count"] if self.chunks else 0
+        """How long the video lasts, in frames at 25 fps (a session behind the speech repeats frames: they are
+        encoded once, with a longer duration)."""
+        return round(self.video()["video_duration"] * 25) if self.chunks else 0
 
 
 def test_live_chunks_in_video_stream_out(app, mic_speech):
@@ -255,7 +257,7 @@ def test_live_chunks_in_video_stream_out(app, mic_speech):
     visitor.talk(speech).join(60)
     assert visitor.error is None and visitor.ended_at is not None
     video = visitor.video()
-    assert video["frame_count"] == 30  # 1.2 s of speech at 25 fps
+    assert round(video["video_duration"] * 25) == 30  # 1.2 s of speech at 25 fps
     assert (video["video_codec"], video["audio_codec"]) == ("h264", "aac")
     assert (video["width"], video["height"]) == (256, 256)
     assert video["audio_duration"] == pytest.approx(1.2, abs=0.03)  # the visitor's voice, all of it
@@ -271,6 +273,20 @@ def test_live_chunks_in_video_stream_out(app, mic_speech):
     assert finals == sorted(finals) and sum(finals) >= 2
     assert all(chunk["reason"] is None for chunk in visitor.chunks)  # Stop: the visitor knows why it ended
     assert not app.live.sessions.is_live("live-basic")
+
+
+def test_a_live_session_behind_the_speech_halves_its_frame_rate_and_says_so(app, mic_speech):
+    # Speech at the microphone's own pace: every frame is rendered. Two seconds of it at once (a server that could not
+    # keep up, catching up): every other frame while behind, the page told so, and the video still covers it all.
+    speech = mic_speech[: int(2.0 * MIC_RATE)]
+    paced = Visitor(app, "live-paced", str(ASTRONAUT))
+    paced.talk(speech, pace=CHUNK / MIC_RATE).join(60)
+    behind = Visitor(app, "live-behind", str(ASTRONAUT))
+    behind.talk(speech).join(60)
+    for visitor in (paced, behind):
+        assert visitor.error is None and visitor.frames == 50
+    assert paced.video()["frame_count"] == 50 and not any(chunk["reduced"] for chunk in paced.chunks)
+    assert behind.video()["frame_count"] < 35 and behind.chunks[0]["reduced"]
 
 
 def test_live_voice_runs_ahead_of_the_frames_and_is_sent_once(app, mic_speech):
@@ -325,7 +341,7 @@ def test_live_speech_heard_before_the_limit_is_all_animated(app, mic_speech):
     prepared = app.pipe.prepare_source(str(ASTRONAUT), 256)
     started = time.monotonic()
     out = list(live_frames(app.pipe, prepared, {}, chunks, seconds=0.0, idle_seconds=5))
-    assert sum(len(frames) for frames, _, _ in out) == 30
+    assert sum(len(frames) for frames, *_ in out) == 30
     assert time.monotonic() - started < 5  # not the idle timeout
 
 

@@ -460,3 +460,92 @@ def test_live_sessions_through_the_page_leave_the_servers_memory_flat(browser, s
           f"session, {rss[-1]:.0f} MB after 20 more ({growth:+.1f} MB, {time.monotonic() - started:.0f} s); "
           "after each: " + " ".join(f"{value:.0f}" for value in rss[1:]))
     assert growth <= 50, f"20 live sessions through the page left {growth:.1f} MB behind"
+
+
+# Every 50 ms, from the microphone opening on: (wall-clock seconds, playback time).
+LOG_PLAYBACK = """() => {
+  window.__teller_playback = [];
+  const open = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+  navigator.mediaDevices.getUserMedia = async (constraints) => {
+    const stream = await open(constraints);
+    const v = document.querySelector('#live-video video');
+    window.__teller_skips = 0;
+    v.addEventListener('seeking', () => { window.__teller_skips += 1; });
+    setInterval(() => window.__teller_playback.push([Date.now() / 1000, v.currentTime]), 50);
+    return stream;
+  };
+}"""
+
+
+@contextlib.contextmanager
+def _busy_process(seconds: float):
+    """One other process keeping a core busy (as on a shared Space), for at most `seconds`."""
+    import subprocess
+    import sys
+
+    busy = subprocess.Popen([sys.executable, "-c", f"import time\nend = time.time() + {seconds}\n"
+                             "while time.time() < end: pass"])
+    try:
+        yield
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+def test_live_video_keeps_up_with_the_speech_beside_a_busy_process(page, server, screenshots, monkeypatch):
+    # A shared machine: one other process keeps a core busy (and the browser shares the server's two cores) while a
+    # visitor speaks for 12 s. The video starts within 1.5 s of the speech and keeps up with it: it does not fall
+    # further behind nor freeze for long. (Before the player kept pace and the server reduced its frame rate, the
+    # same test measured 1.0-2.6 s behind (median) and freezes of 1.1-2.0 s. Issue 14's aim, at most 0.6 s behind
+    # and no freeze over 0.5 s, is not reached: 0.7-0.9 s median, up to 1.4 s, freezes up to 0.6 s, 2026-12-02.)
+    app = server[0]
+    heard = []  # (wall-clock time a microphone chunk reached the server, seconds of speech up to its end)
+    made = []  # (wall-clock time a batch of frames was ready, seconds of video up to its end, at a reduced rate)
+    take, frames = app.live.sessions.push, app.live.frames
+
+    def timed_push(key, chunk):
+        taken = take(key, chunk)
+        if taken:
+            heard.append((time.time(), (heard[-1][1] if heard else 0.0) + len(chunk[1]) / chunk[0]))
+        return taken
+
+    def timed_frames(*args):
+        for batch in frames(*args):
+            made.append((time.time(), (made[-1][1] if made else 0.0) + len(batch.frames) / 25, batch.reduced))
+            yield batch
+
+    monkeypatch.setattr(app.live.sessions, "push", timed_push)
+    monkeypatch.setattr(app.live, "frames", timed_frames)
+    page.get_by_role("tab", name="Live").click()
+    page.locator(".gallery button, button.gallery-item").first.click()  # the astronaut
+    page.get_by_text("Portrait ready").wait_for(timeout=30_000)
+    page.evaluate(LOG_PLAYBACK)
+    with _busy_process(40):
+        page.get_by_role("button", name="Record").click()
+        page.wait_for_function("() => window.__teller_playback.length > 12 * 20", timeout=30_000)
+        log = np.array(page.evaluate("() => window.__teller_playback"), np.float64)
+        page.get_by_role("button", name="Stop").click()
+    # When the speech's first sample was spoken: its chunks reach the server 0.1 s apart as they are recorded, plus
+    # a delay that only adds, so the earliest (arrival - speech up to the chunk's end) is the closest estimate.
+    chunks_in, video_out = np.array(heard[:]), np.array(made[:])  # (the session goes on a little after Stop)
+    spoken = np.min(chunks_in[:, 0] - chunks_in[:, 1])
+    wall, played = log[:, 0], log[:, 1]
+    playing = np.flatnonzero(played > 0)
+    assert len(playing), "the live video never started"
+    first = wall[playing[0]] - spoken
+    behind = (wall - spoken - played)[wall - spoken >= first + 1.0]
+    # Stand-stills: the longest stretch over which playback did not move, from the first frame on.
+    moved = wall[playing][np.flatnonzero(np.diff(played[playing]) > 0) + 1]
+    longest_freeze = np.max(np.diff(np.concatenate([[wall[playing[0]]], moved, [wall[-1]]])))
+    arrive = np.median(chunks_in[:, 0] - spoken - chunks_in[:, 1])
+    ready = np.median(video_out[:, 0] - spoken - video_out[:, 1])
+    print(f"\nLive beside a busy process: first video {first:.2f} s after the speech began; behind the speech "
+          f"{np.median(behind):.2f} s median, {np.max(behind):.2f} s at most (from the first second of video on); "
+          f"longest stand-still {longest_freeze:.2f} s; {page.evaluate('() => window.__teller_skips')} skips; "
+          f"{np.mean(video_out[:, 2]):.0%} of the video at a reduced frame rate. Of that delay, median: the "
+          f"microphone's chunks reach the server {arrive:.2f} s after they were spoken, the frames of a slice are "
+          f"ready {ready:.2f} s after its end (the slice itself adds 0.2 s to its first frame)")
+    page.locator("#live-video").screenshot(path=screenshots / "live_under_load.png")
+    assert first <= 1.5, f"the first video came {first:.2f} s after the speech began"
+    assert np.median(behind) <= 1.0, f"the video was {np.median(behind):.2f} s behind the speech (median)"
+    assert longest_freeze <= 1.0, f"the video stood still for {longest_freeze:.2f} s"

@@ -267,6 +267,31 @@ def test_a_generator_hearing_less_lookahead_answers_sooner_and_still_streams_as_
         pipe.motion_generator._internal_dict = config
 
 
+def test_a_session_can_hear_less_lookahead_than_the_checkpoint(pipe, speech):
+    # The Live tab's choice: frames 100 ms sooner. Not beyond what the generator looks ahead, never NaN.
+    source = pipe.prepare_source(ASTRONAUT, max_size=256)
+    session = pipe.start_session(source, audio_lookahead_heard_seconds=0.1)
+    assert len(session.push_16k(speech[: 3200 + 1600])) == 5  # the first slice and 100 ms past it
+    for heard in (0.3, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="audio_lookahead_heard_seconds must be between 0 and"):
+            pipe.start_session(source, audio_lookahead_heard_seconds=heard)
+
+
+def test_a_session_rendering_every_other_frame_repeats_them_and_keeps_the_motion(pipe, speech):
+    # A live server short of CPU: the frames it renders are those of a full-rate session, each shown twice.
+    source = pipe.prepare_source(ASTRONAUT, max_size=256)
+    full = pipe.start_session(source, seed=5)
+    every_frame = full.push_16k(speech[:16000]) + full.finish()
+    halved = pipe.start_session(source, seed=5)
+    halved.frame_step = 2
+    every_other = halved.push_16k(speech[:16000]) + halved.finish()
+    assert len(every_other) == len(every_frame) == 25
+    for i, frame in enumerate(every_other):
+        rendered = i - (i % 5) % 2  # per slice of 5: frames 0, 2 and 4 are rendered
+        assert frame is every_other[rendered]
+        assert np.array_equal(frame, every_frame[rendered])
+
+
 def test_stream_accepts_microphone_style_chunks(pipe, speech):
     """(48000, int16 stereo) chunks every 0.5 s, as Gradio's microphone sends them."""
     up = np.repeat(speech, 3)  # crude 48 kHz version; content does not matter here

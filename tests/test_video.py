@@ -165,6 +165,32 @@ def test_live_stream_keeps_lips_in_sync(tmp_path):
     assert np.abs(np.array(loud) - np.array(bright)).max() < 0.005
 
 
+def test_live_repeated_frames_are_encoded_once_and_keep_lips_in_sync(tmp_path):
+    # A session short of CPU renders frames 0, 2 and 4 of each slice of 5 and shows each of the first two twice (the
+    # same array): the stream holds each once, lasting as long as its repeats, and a flash still meets its tone.
+    flash = 12  # the third slice's frames 12 (and 13) show it
+    shown = []
+    for start in range(0, 25, 5):
+        rendered = [np.full((64, 64, 3), 255 if start + i == flash else 0, np.uint8) for i in (0, 2, 4)]
+        shown += [rendered[0], rendered[0], rendered[1], rendered[1], rendered[2]]
+    audio = np.zeros(25 * 640, np.float32)
+    audio[flash * 640 : flash * 640 + 320] = 0.8 * np.sin(np.arange(320) * 0.3)
+    writer = LiveMP4Writer(fps=FPS, sample_rate=SR, width=64, height=64)
+    chunks = [(shown[k : k + 5], audio[k * 640 : (k + 5) * 640]) for k in range(0, 25, 5)]
+    chunks.append(([shown[-1]], None))  # a repeat in the next chunk: the frame's fragment is out, so it comes again
+    path, _ = write_live(tmp_path, writer, chunks)
+    info = probe_media(path)
+    assert info["frame_count"] == 16 and info["video_duration"] == pytest.approx(26 / FPS)
+    with av.open(str(path)) as container:
+        times = [(frame.time, frame.to_ndarray(format="rgb24").mean() > 128) for frame in container.decode(video=0)]
+    with av.open(str(path)) as container:
+        pcm = np.concatenate([f.to_ndarray()[0] for f in container.decode(audio=0)])
+    starts = [k + i for k in range(0, 25, 5) for i in (0, 2, 4)] + [25]
+    assert [t for t, _ in times] == pytest.approx([i / FPS for i in starts], abs=1e-3)
+    assert [t for t, bright in times if bright] == pytest.approx([flash / FPS], abs=1e-3)
+    assert np.nonzero(np.abs(pcm) > 0.3)[0][0] / 48000 == pytest.approx(flash / FPS, abs=0.005)
+
+
 def test_live_audio_may_run_ahead_of_the_frames_without_losing_sync(tmp_path):
     # A live session sends the voice as soon as it has it: here 0.4 s with the first 5 frames, none with the next
     # 5. The tone burst at 0.3 s must still meet the white frame at 0.3 s, and no silence may be inserted.

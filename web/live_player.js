@@ -1,18 +1,21 @@
 // The Live tab's player (the `js_on_load` of a gr.HTML in app.py; Gradio runs it with `element`, `props` and
 // `watch` defined). The live session yields one chunk of a fragmented MP4 at a time as this component's value,
-// {session, seq, mime, data: base64, final, end, reason}; they are appended to a MediaSource as they arrive, so the first frames
-// play about 0.1 s after they reach the page. Gradio's own streaming video goes through an HLS player
+// {session, seq, mime, data: base64, final, end, reason, reduced}; they are appended to a MediaSource as they
+// arrive, so the first frames play about 0.1 s after they reach the page. Gradio's own streaming video goes through an HLS player
 // instead, which re-encodes each segment on the server and buffers in the page: about a second more.
 const video = element.querySelector("video");
 const hint = element.querySelector(".teller-live-hint");
 const label = element.querySelector(".teller-live-label");
 const MediaSourceType = window.ManagedMediaSource || window.MediaSource; // Safari on iPhone has only the first
-// Playback stays close to the newest frame: after a stall (the server caught up in one larger chunk, or the
-// network hiccuped) it skips ahead rather than lag behind the voice for the rest of the session. Once the speech
-// has ended (chunks marked `final`, the video of the last words) nothing is skipped: it all plays, then the player
-// says the session ended.
+// Playback stays close to the newest frame. Chunks come every 0.2 s (a slice of the model's frames), so the player
+// keeps that and a margin in hand (TARGET_BEHIND_SECONDS) and plays a little faster while it has more: after a stall
+// (the server caught up in one larger chunk, or the network hiccuped) it drifts back to the voice within a few
+// seconds instead of lagging behind it for the rest of the session; far behind, it skips ahead. Once the speech has
+// ended (chunks marked `final`, the video of the last words) nothing is skipped or hurried: it all plays, then the
+// player says the session ended.
+const TARGET_BEHIND_SECONDS = 0.3;
+const CATCH_UP_RATE = 1.25; // the browser keeps the voice's pitch (preservesPitch)
 const MAX_BEHIND_SECONDS = 1.0;
-const RESUME_BEHIND_SECONDS = 0.3;
 
 let session = null; // the live session whose chunks are playing
 let source = null;
@@ -84,10 +87,11 @@ function play() {
   const ranges = video.buffered;
   if (!ranges.length) return;
   const newest = ranges.end(ranges.length - 1);
-  const behind = newest - video.currentTime > MAX_BEHIND_SECONDS && !final;
-  if (behind || video.currentTime < ranges.start(0)) {
-    video.currentTime = Math.max(ranges.start(ranges.length - 1), newest - RESUME_BEHIND_SECONDS);
+  const behind = newest - video.currentTime;
+  if ((behind > MAX_BEHIND_SECONDS && !final) || video.currentTime < ranges.start(0)) {
+    video.currentTime = Math.max(ranges.start(ranges.length - 1), newest - TARGET_BEHIND_SECONDS);
   }
+  keepPace();
   if (video.paused && !video.ended) {
     // Pressing Record lets the page play sound; should the browser still refuse, play muted and say so.
     video.play().catch(() => {
@@ -97,6 +101,19 @@ function play() {
     });
   }
 }
+
+// A little faster while more than a chunk and a half is in hand, normal speed again once it is down to a chunk.
+function keepPace() {
+  const ranges = video.buffered;
+  if (!ranges.length || final) {
+    video.playbackRate = 1;
+    return;
+  }
+  const behind = ranges.end(ranges.length - 1) - video.currentTime;
+  if (behind > 1.5 * TARGET_BEHIND_SECONDS) video.playbackRate = CATCH_UP_RATE;
+  else if (behind < TARGET_BEHIND_SECONDS) video.playbackRate = 1;
+}
+video.addEventListener("timeupdate", keepPace);
 
 video.addEventListener("click", () => {
   if (video.muted) {
@@ -134,6 +151,8 @@ watch("value", () => {
   ending = Boolean(value.end);
   final = Boolean(value.final);
   reason = value.reason || reason;
+  // The server is short of CPU and renders every other frame to keep up with the voice: say so while it lasts.
+  if (!ending) label.textContent = value.reduced ? "Live · busy server: fewer frames" : "Live";
   if (final) stopMicrophone();
   feed();
 });
