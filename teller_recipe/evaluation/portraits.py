@@ -69,7 +69,7 @@ from teller_recipe.evaluation.evaluate import (
 DEFAULT_PORTRAITS = (
     "astronaut.png", "grace_hopper.jpg", "obama_smile.jpg", "obama_speaking.jpg", "biden.jpg",
     "jesper_speaking.jpg", "party_three_quarter.jpg", "party_glasses.jpg", "jesper_head_down.jpg",
-    "new_wave_smile.jpg",
+    "new_wave_smile.jpg", "giunchedi_beard.jpg",
 )
 HELD_OUT_UTTERANCES = 8  # per portrait: with 4 the bilabial ratio rested on a handful of p/b/m
 PAUSES = (0.5, 0.8, 0.8)  # s of silence before, between and after the real recordings

@@ -357,7 +357,11 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
   faces, and expressiveness (emotion, gaze, large head turns) is limited.
 - The geometric renderer moves the photo's own pixels: large head rotations, profile photos, occlusions
   (hands, microphones), heavy beards and glasses can show distortion; teeth and mouth interior are synthesized.
-  No example portrait yet shows a beard.
+  On the full beard (`giunchedi_beard.jpg`, real speech, `python -m teller_recipe.evaluation.portraits --corpus
+  none --held-out 0`, 2026-12-02) the mouth opens with teeth and a dark cavity and closes on p/b/m and in pauses
+  (bilabial ratio 0.03, closed in 100 % of silent frames, r 0.90), but reads small like the other closed-mouth
+  photos: p90 0.106, maximum 0.19, ratio 0.83 (driven p90 0.135); the lower lip shows only as a thin line above
+  the beard.
 - English speech only was used for training; other languages move the lips less accurately.
 - One face is animated (the largest); the rest of the photo only follows the head.
 
