@@ -292,6 +292,25 @@ def test_a_session_rendering_every_other_frame_repeats_them_and_keeps_the_motion
         assert np.array_equal(frame, every_frame[rendered])
 
 
+def test_frames_made_ahead_of_the_encoder_come_in_order_raise_errors_and_stop_with_their_caller():
+    import threading
+
+    from teller_pipeline.pipeline_teller import _made_ahead
+
+    assert list(_made_ahead(iter(range(100)), ahead=3)) == list(range(100))
+
+    def broken():
+        yield 1
+        raise ValueError("the renderer failed")
+
+    with pytest.raises(ValueError, match="the renderer failed"):
+        list(_made_ahead(broken()))
+    endless = _made_ahead(iter(int, 1), ahead=2)  # a writer that fails after two frames stops taking them
+    assert [next(endless), next(endless)] == [0, 0]
+    endless.close()
+    assert not any(thread.name == "teller-frames" for thread in threading.enumerate())
+
+
 def test_stream_accepts_microphone_style_chunks(pipe, speech):
     """(48000, int16 stereo) chunks every 0.5 s, as Gradio's microphone sends them."""
     up = np.repeat(speech, 3)  # crude 48 kHz version; content does not matter here
