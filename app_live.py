@@ -32,7 +32,7 @@ import numpy as np
 from teller_pipeline import FaceNotFoundError, ImageError, TellerPipeline
 from teller_pipeline.audio import SAMPLE_RATE, AudioError
 from teller_pipeline.pipeline_teller import PreparedSource
-from teller_pipeline.streaming import FPS
+from teller_pipeline.streaming import FPS, made_ahead
 from teller_pipeline.video import LiveMP4Writer
 
 logger = logging.getLogger("teller.app")
@@ -68,6 +68,8 @@ LIVE_LOOKAHEAD_HEARD_SECONDS = 0.1
 BEHIND_SECONDS = 0.3
 CAUGHT_UP_SECONDS = 0.2
 REDUCED_MIN_SECONDS = 3.0
+# Batches of frames the model may make ahead of the encoder and the page.
+BATCHES_AHEAD = 2
 
 
 class FramesAndVoice(NamedTuple):
@@ -492,6 +494,7 @@ class LiveServer:
         slots: int = 1,
     ) -> None:
         self.frames = frames
+        self.across_processes = across_processes
         self.seconds = seconds
         self.idle_seconds = idle_seconds
         self.sessions = LiveSessions(pipe, multiprocessing.Manager().Queue if across_processes else queue.Queue)
@@ -561,6 +564,8 @@ class LiveServer:
                 controls = dict(head_motion_scale=head_motion, expression_scale=expression,
                                 blinks_per_minute=blinks_per_minute)
                 frames = self.frames(prepared, controls, chunks, self.seconds, self.idle_seconds)
+                if not self.across_processes:  # on a CPU: the model makes the next frames while these are sent
+                    frames = made_ahead(frames, BATCHES_AHEAD)
                 for batch, audio, rate, reduced in frames:
                     if writer is None:
                         height, width = batch[0].shape[:2]
@@ -582,8 +587,10 @@ class LiveServer:
                                   f"no sound reached the server for {self.idle_seconds:g} s")
                     yield _player_chunk(player, writer.close(), final=True, end=True, reason=reason)
         finally:
+            if chunks is not None:
+                chunks.put(None)  # the visitor left mid-session: end the model's loop (it may be waiting for speech)
             if frames is not None:
-                frames.close()  # the visitor left mid-session: end the model's loop too
+                frames.close()
             if writer is not None:
                 writer.close()
             if chunks is not None:

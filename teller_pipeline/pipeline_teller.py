@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import numbers
 import os
-import queue
 import shutil
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +45,7 @@ from .streaming import (
     SLICE_SAMPLES,
     TellerSession,
     check_num_threads,
+    made_ahead,
     num_video_frames,
     torch_threads,
 )
@@ -490,7 +488,10 @@ class TellerPipeline(DiffusionPipeline):
 
         padded_audio = _pad_to(samples, session.total_frames)
         if output_path is not None:
-            path = write_mp4(output_path, _made_ahead(frames()), FPS, padded_audio, SAMPLE_RATE)
+            # On a CPU the model and renderer make frames on a thread of their own while x264 encodes; on a GPU
+            # they are not what takes the time (and ZeroGPU's CUDA emulation holds only in the calling thread).
+            ahead = made_ahead(frames(), FRAMES_AHEAD) if self.device.type == "cpu" else frames()
+            path = write_mp4(output_path, ahead, FPS, padded_audio, SAMPLE_RATE)
             result = TellerPipelineOutput(None, FPS, padded_audio, SAMPLE_RATE, str(path))
         else:
             # Filled in place: a list of frames stacked at the end would need twice the memory.
@@ -505,44 +506,6 @@ class TellerPipeline(DiffusionPipeline):
 
 # Frames the model may make ahead of the video encoder (about two slices at a time come at once).
 FRAMES_AHEAD = 2 * AUDIO_BATCH_SLICES * FRAMES_PER_SLICE
-
-
-def _made_ahead(frames: Iterator[np.ndarray], ahead: int = FRAMES_AHEAD) -> Iterator[np.ndarray]:
-    """`frames`, made on a thread of their own up to `ahead` frames before they are taken: the model and renderer
-    work while the caller encodes (x264 and most of the rendering release the GIL), instead of each waiting for the
-    other. An error while making them is raised here; a caller that stops early stops the maker.
-    (A thread and a bounded queue rather than a library: the standard library has nothing smaller for this.)"""
-    made: queue.Queue = queue.Queue(maxsize=ahead)
-    stop = threading.Event()
-    end = object()
-
-    def make() -> None:
-        try:
-            for frame in frames:
-                while not stop.is_set():
-                    with contextlib.suppress(queue.Full):
-                        made.put(frame, timeout=0.1)
-                        break
-                if stop.is_set():
-                    return
-            item = end
-        except BaseException as error:  # noqa: BLE001 (handed to the caller, who raises it)
-            item = error
-        while not stop.is_set():
-            with contextlib.suppress(queue.Full):
-                made.put(item, timeout=0.1)
-                return
-
-    maker = threading.Thread(target=make, name="teller-frames", daemon=True)
-    maker.start()
-    try:
-        while (item := made.get()) is not end:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        maker.join()
 
 
 def _check_in_memory_size(num_frames: int, frame_shape: tuple[int, ...]) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 import os
+import queue
 import threading
 import time
 from collections import defaultdict
@@ -96,6 +97,47 @@ def _render_all(renderer, state, landmarks) -> list[np.ndarray]:
         if _render_pool is None:
             _render_pool = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="teller-render")
     return list(_render_pool.map(lambda points: renderer.render(state, points), landmarks))
+
+
+def made_ahead(items: Iterator, ahead: int) -> Iterator:
+    """`items`, made on a thread of their own up to `ahead` items before they are taken: the model and renderer work
+    while the caller encodes or sends (x264 and most of the rendering release the GIL) instead of each waiting for
+    the other. An error while making them is raised here; a caller that stops early stops the maker and closes
+    `items`. (A thread and a bounded queue: the standard library has nothing smaller for this.)"""
+    made: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+    end = object()
+
+    def hand_over(item) -> bool:
+        while not stop.is_set():
+            with contextlib.suppress(queue.Full):
+                made.put(item, timeout=0.1)
+                return True
+        return False
+
+    def make() -> None:
+        try:
+            for item in items:
+                if not hand_over(item):
+                    return
+            last = end
+        except BaseException as error:  # noqa: BLE001 (handed to the caller, who raises it)
+            last = error
+        finally:
+            if stop.is_set() and hasattr(items, "close"):
+                items.close()
+        hand_over(last)
+
+    maker = threading.Thread(target=make, name="teller-made-ahead", daemon=True)
+    maker.start()
+    try:
+        while (item := made.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        maker.join()
 
 
 def num_video_frames(num_samples: int, min_video_seconds: float) -> int:

@@ -295,20 +295,29 @@ def test_a_session_rendering_every_other_frame_repeats_them_and_keeps_the_motion
 def test_frames_made_ahead_of_the_encoder_come_in_order_raise_errors_and_stop_with_their_caller():
     import threading
 
-    from teller_pipeline.pipeline_teller import _made_ahead
+    from teller_pipeline.streaming import made_ahead
 
-    assert list(_made_ahead(iter(range(100)), ahead=3)) == list(range(100))
+    assert list(made_ahead(iter(range(100)), ahead=3)) == list(range(100))
 
     def broken():
         yield 1
         raise ValueError("the renderer failed")
 
     with pytest.raises(ValueError, match="the renderer failed"):
-        list(_made_ahead(broken()))
-    endless = _made_ahead(iter(int, 1), ahead=2)  # a writer that fails after two frames stops taking them
-    assert [next(endless), next(endless)] == [0, 0]
-    endless.close()
-    assert not any(thread.name == "teller-frames" for thread in threading.enumerate())
+        list(made_ahead(broken(), ahead=3))
+    closed = []
+
+    def endless():
+        try:
+            while True:
+                yield 0
+        finally:
+            closed.append(True)
+
+    taken = made_ahead(endless(), ahead=2)  # a writer that fails after two frames stops taking them
+    assert [next(taken), next(taken)] == [0, 0]
+    taken.close()
+    assert closed == [True] and not any(t.name == "teller-made-ahead" for t in threading.enumerate())
 
 
 def test_stream_accepts_microphone_style_chunks(pipe, speech):
