@@ -462,7 +462,7 @@ def test_live_sessions_through_the_page_leave_the_servers_memory_flat(browser, s
     assert growth <= 50, f"20 live sessions through the page left {growth:.1f} MB behind"
 
 
-# Every 50 ms, from the microphone opening on: (wall-clock seconds, playback time).
+# Every 50 ms, from the microphone opening on: (wall-clock seconds, playback time), and the player's label.
 LOG_PLAYBACK = """() => {
   window.__teller_playback = [];
   const open = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
@@ -471,7 +471,12 @@ LOG_PLAYBACK = """() => {
     const v = document.querySelector('#live-video video');
     window.__teller_skips = 0;
     v.addEventListener('seeking', () => { window.__teller_skips += 1; });
-    setInterval(() => window.__teller_playback.push([Date.now() / 1000, v.currentTime]), 50);
+    const label = document.querySelector('#live-video .teller-live-label');
+    window.__teller_labels = new Set();
+    setInterval(() => {
+      window.__teller_playback.push([Date.now() / 1000, v.currentTime]);
+      window.__teller_labels.add(label.textContent);
+    }, 50);
     return stream;
   };
 }"""
@@ -546,6 +551,8 @@ def test_live_video_keeps_up_with_the_speech_beside_a_busy_process(page, server,
           f"microphone's chunks reach the server {arrive:.2f} s after they were spoken, the frames of a slice are "
           f"ready {ready:.2f} s after its end (the slice itself adds 0.2 s to its first frame)")
     page.locator("#live-video").screenshot(path=screenshots / "live_under_load.png")
+    if video_out[:, 2].any():  # the page said that the frame rate was reduced
+        assert "Live · busy server: fewer frames" in page.evaluate("() => [...window.__teller_labels]")
     assert first <= 1.5, f"the first video came {first:.2f} s after the speech began"
     assert np.median(behind) <= 1.0, f"the video was {np.median(behind):.2f} s behind the speech (median)"
     assert longest_freeze <= 1.0, f"the video stood still for {longest_freeze:.2f} s"
