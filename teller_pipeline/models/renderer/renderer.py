@@ -60,10 +60,12 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
         grid_spacing: float = 0.025,  # coarse warp grid step in inter-ocular distances, clipped to [1, max]
         max_grid_step: int = 6,
         detail_margin: float = 0.3,  # per-pixel warp around mouth and eyes, padded by this × their width
-        # mouth interior
-        cavity_front_rgb: tuple[float, float, float] = (0.40, 0.15, 0.13),
-        cavity_back_rgb: tuple[float, float, float] = (0.13, 0.04, 0.04),
-        tongue_rgb: tuple[float, float, float] = (0.46, 0.2, 0.19),
+        # mouth interior: as dark as a real one (the cavity of obama_speaking.jpg is 0.04-0.1 × its skin's luma);
+        # a lit, lip-red front and tongue (0.38 and 0.47 × skin) were taken for lip by the face landmarker,
+        # which then read openings of 1-1.5 cm about 1.5 mm smaller than they are
+        cavity_front_rgb: tuple[float, float, float] = (0.09, 0.03, 0.027),
+        cavity_back_rgb: tuple[float, float, float] = (0.07, 0.022, 0.02),
+        tongue_rgb: tuple[float, float, float] = (0.25, 0.1, 0.09),
         teeth_rgb: tuple[float, float, float] = (0.95, 0.91, 0.82),
         teeth_brightness: float = 1.1,  # synthesised teeth luma relative to the face's bright skin
         reference_skin_rgb: tuple[float, float, float] = (0.78, 0.57, 0.47),  # skin hue without colour cast
