@@ -104,6 +104,27 @@ def test_open_vowel_opens_about_two_centimetres_with_teeth_and_a_dark_cavity(pip
     assert 0.12 <= lip_gap(ah) <= lip_gap(seen), (portrait.stem, lip_gap(ah))
 
 
+NOT_AS_WIDE_AS_DRIVEN_YET = {  # measured on the bundled checkpoint, as NOT_CLOSED_YET
+    "party_three_quarter": "reads 0.170 of the 0.127 driven (1.34): on this scanned three-quarter smile the landmarker "
+                           "reads the closed lips 0.053 apart too",
+    "jesper_head_down": "reads 0.079 of the 0.109 driven (0.72) on this head bowed ~30° and rolled ~20°",
+}
+
+
+@pytest.mark.parametrize("portrait", _cases(NOT_AS_WIDE_AS_DRIVEN_YET), ids=lambda p: p.stem)
+def test_a_centimetre_opening_reads_as_wide_as_it_is_driven(pipe, portrait):
+    """Half an open vowel (about 1.2 cm, the p90 of real speech) reads as wide as the landmarks handed to the
+    renderer. On closed-mouth photos it read 8-23 % smaller (the beard 0.106 of 0.138): the photo's lips parted a
+    few pixels off the line where they meet, and a lip-red cavity front and tongue were read as lip."""
+    source = pipe.prepare_source(portrait)
+    motion = pipe.motion_encoder.neutral_motion()
+    motion[: rig.NUM_KEYPOINTS] += 0.5 * (_viseme_motion(pipe, "AA") - motion)[: rig.NUM_KEYPOINTS]
+    driven = lip_gap(pipe.motion_encoder.decode(source.face, motion[None])[0])
+    _, seen = _render(pipe, source, motion)
+    assert 0.1 <= driven <= 0.15, (portrait.stem, driven)
+    assert AMPLITUDE[0] <= lip_gap(seen) / driven <= AMPLITUDE[1], (portrait.stem, driven, lip_gap(seen))
+
+
 @pytest.fixture(scope="module")
 def real_speech():
     from teller_recipe.evaluation.portraits import implied_gap, real_speech
