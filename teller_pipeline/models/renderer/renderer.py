@@ -62,7 +62,7 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
         detail_margin: float = 0.3,  # per-pixel warp around mouth and eyes, padded by this × their width
         # mouth interior: as dark as a real one (the cavity of obama_speaking.jpg is 0.04-0.1 × its skin's luma);
         # a lit, lip-red front and tongue (0.38 and 0.47 × skin) were taken for lip by the face landmarker,
-        # which then read openings of 1-1.5 cm about 1.5 mm smaller than they are
+        # which then read openings of 1-1.5 cm 1-2 mm smaller than they are
         cavity_front_rgb: tuple[float, float, float] = (0.09, 0.03, 0.027),
         cavity_back_rgb: tuple[float, float, float] = (0.07, 0.022, 0.02),
         tongue_rgb: tuple[float, float, float] = (0.25, 0.1, 0.09),
