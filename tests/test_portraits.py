@@ -15,7 +15,7 @@ from .conftest import EXAMPLES
 
 PORTRAITS = [EXAMPLES / name for name in DEFAULT_PORTRAITS]
 # What the bundled checkpoint reaches on a clip with ordinary pauses (`python -m teller_recipe.evaluation.portraits`:
-# Grace Hopper p90 0.116, max 0.190, ratio 0.91; Obama speaking p90 0.156, max 0.231, ratio 1.23), a floor well
+# Grace Hopper p90 0.123, max 0.185, ratio 0.97; Obama speaking p90 0.156, max 0.231, ratio 1.23), a floor well
 # above the murmur of earlier checkpoints (Grace Hopper p90 0.038, max 0.057).
 GAP_P90, GAP_MAX = 0.105, 0.17
 AMPLITUDE = (0.85, 1.2)  # rendered p90 / phone-implied p90
@@ -102,6 +102,27 @@ def test_open_vowel_opens_about_two_centimetres_with_teeth_and_a_dark_cavity(pip
     assert 0.18 <= lip_gap(seen) <= 0.32, (portrait.stem, lip_gap(seen))
     _, ah = _render(pipe, source, _viseme_motion(pipe, "AH"))  # implied 0.20
     assert 0.12 <= lip_gap(ah) <= lip_gap(seen), (portrait.stem, lip_gap(ah))
+
+
+NOT_AS_WIDE_AS_DRIVEN_YET = {  # measured on the bundled checkpoint, as NOT_CLOSED_YET
+    "party_three_quarter": "reads 0.170 of the 0.127 driven (1.34): on this scanned three-quarter smile the landmarker "
+                           "reads the closed lips 0.053 apart too",
+    "jesper_head_down": "reads 0.079 of the 0.109 driven (0.72) on this head bowed ~30° and rolled ~20°",
+}
+
+
+@pytest.mark.parametrize("portrait", _cases(NOT_AS_WIDE_AS_DRIVEN_YET), ids=lambda p: p.stem)
+def test_a_centimetre_opening_reads_as_wide_as_it_is_driven(pipe, portrait):
+    """Half an open vowel (about 1.2 cm, the p90 of real speech) reads as wide as the landmarks handed to the
+    renderer. On closed-mouth photos it read 8-23 % smaller (the beard 0.106 of 0.138): the photo's lips parted a
+    few pixels off the line where they meet, and a lip-red cavity front and tongue were read as lip."""
+    source = pipe.prepare_source(portrait)
+    motion = pipe.motion_encoder.neutral_motion()
+    motion[: rig.NUM_KEYPOINTS] += 0.5 * (_viseme_motion(pipe, "AA") - motion)[: rig.NUM_KEYPOINTS]
+    driven = lip_gap(pipe.motion_encoder.decode(source.face, motion[None])[0])
+    _, seen = _render(pipe, source, motion)
+    assert 0.1 <= driven <= 0.15, (portrait.stem, driven)
+    assert AMPLITUDE[0] <= lip_gap(seen) / driven <= AMPLITUDE[1], (portrait.stem, driven, lip_gap(seen))
 
 
 @pytest.fixture(scope="module")

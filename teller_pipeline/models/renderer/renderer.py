@@ -26,7 +26,7 @@ from diffusers.configuration_utils import register_to_config
 from ... import rig
 from .eyes import SourceEye, composite_eye, measure_eye, settle_lids
 from .geometry import NUM_MESH_VERTICES, local_frame
-from .mouth import SourceMouth, composite_mouth, measure_mouth, seal_lips, settle_lips
+from .mouth import SourceMouth, composite_mouth, lip_seam_shift, measure_mouth, seal_lips, settle_lips
 from .warp import ControlMesh, anchor_targets, control_mesh, delaunay_face, warp_photo
 
 
@@ -38,6 +38,7 @@ class RenderState:
     mesh: ControlMesh  # the warp's control points and triangles
     mouth: SourceMouth
     eyes: tuple[SourceEye, ...]  # subject's right eye, then left (as rig.EYE_CONTOURS)
+    lip_seam: np.ndarray  # (468, 2) px from the landmarker's inner lips to where a closed photo's lips meet
 
 
 class GeometricRenderer(ModelMixin, ConfigMixin):
@@ -59,10 +60,12 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
         grid_spacing: float = 0.025,  # coarse warp grid step in inter-ocular distances, clipped to [1, max]
         max_grid_step: int = 6,
         detail_margin: float = 0.3,  # per-pixel warp around mouth and eyes, padded by this × their width
-        # mouth interior
-        cavity_front_rgb: tuple[float, float, float] = (0.40, 0.15, 0.13),
-        cavity_back_rgb: tuple[float, float, float] = (0.13, 0.04, 0.04),
-        tongue_rgb: tuple[float, float, float] = (0.46, 0.2, 0.19),
+        # mouth interior: as dark as a real one (the cavity of obama_speaking.jpg is 0.04-0.1 × its skin's luma);
+        # a lit, lip-red front and tongue (0.38 and 0.47 × skin) were taken for lip by the face landmarker,
+        # which then read openings of 1-1.5 cm 1-2 mm smaller than they are
+        cavity_front_rgb: tuple[float, float, float] = (0.09, 0.03, 0.027),
+        cavity_back_rgb: tuple[float, float, float] = (0.07, 0.022, 0.02),
+        tongue_rgb: tuple[float, float, float] = (0.25, 0.1, 0.09),
         teeth_rgb: tuple[float, float, float] = (0.95, 0.91, 0.82),
         teeth_brightness: float = 1.1,  # synthesised teeth luma relative to the face's bright skin
         reference_skin_rgb: tuple[float, float, float] = (0.78, 0.57, 0.47),  # skin hue without colour cast
@@ -76,6 +79,7 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
         lip_margin: float = 0.3,  # true lip edge beyond the landmarker's inner-lip line of an open photo, × its gap
         lip_seal: float = 0.15,  # half-height of the band sealed where such lips meet, × the photo's gap
         lip_seal_until: float = 0.1,  # the seal fades out as such lips part to this fraction of the photo's gap
+        lip_seam_reach: float = 0.08,  # a closed photo's lips part at the darkest line this close (mouth widths)
         lip_shadow: float = 0.07,  # shadow the upper lip casts on the teeth, mouth widths
         synthesis_blur: float = 0.6,  # px, softens synthesised edges to the photo's sharpness
         teeth_luma_threshold: float = 0.62,  # a source mouth pixel brighter than this × skin is a tooth
@@ -110,11 +114,18 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
             warnings.warn("GeometricRenderer has no mesh triangulation (build it with from_canonical_mesh); "
                           "falling back to a Delaunay triangulation of the source landmarks.", stacklevel=2)
             triangles = delaunay_face(points)
+        # a closed mouth opens where its lips meet in the photo, which the landmarker can miss by a few pixels
+        lip_seam = np.zeros_like(points)
+        inner = rig.LIPS_INNER_UPPER[1:-1] + rig.LIPS_INNER_LOWER[1:-1]
+        ey = local_frame(points, rig.LIPS_INNER_UPPER, rig.LIPS_INNER_LOWER).ey
+        lip_seam[inner] = np.tile(lip_seam_shift(image, points, self.config.lip_seam_reach), 2)[:, None] * ey
+        points = points + lip_seam
         return RenderState(
             image=image,
             mesh=control_mesh(points, triangles, image.shape[:2], self.config),
             mouth=measure_mouth(image, points, self.config),
             eyes=tuple(measure_eye(points, triangles, up, lo) for up, lo in rig.EYE_CONTOURS),
+            lip_seam=lip_seam,
         )
 
     # ------------------------------------------------------------------------------------------------
@@ -123,7 +134,8 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
     def render(self, state: RenderState, driven_landmarks: np.ndarray) -> np.ndarray:
         """One frame (H, W, 3) uint8: the source photo moved to `driven_landmarks` ((478 or 468, 3) px)."""
         cfg = self.config
-        driven = np.asarray(driven_landmarks, np.float64)[:NUM_MESH_VERTICES]
+        driven = np.array(driven_landmarks, np.float64)[:NUM_MESH_VERTICES]
+        driven[:, :2] += state.lip_seam  # the lips part where they meet in the photo (see `prepare`)
         # lips and lids close as wholes; closing ones take their edges from further into the photo (src)
         src = state.mesh.points.copy()
         points, lips_open = settle_lips(state.mouth, driven[:, :2].copy(), src, cfg.lip_margin)
