@@ -188,7 +188,7 @@ def test_real_speech_moves_the_mouth_like_a_person(pipe, real_speech, portrait):
 
 
 @pytest.mark.parametrize("portrait", [
-    pytest.param("grace_hopper.jpg", marks=pytest.mark.xfail(strict=True, reason="p90 0.116 of the 0.12 asked")),
+    "grace_hopper.jpg",
     pytest.param("obama_speaking.jpg", marks=pytest.mark.xfail(strict=True, reason=OBAMA_SPEAKING_SEAM)),
 ])
 def test_issue_targets(pipe, real_speech, portrait):
