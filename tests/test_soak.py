@@ -53,6 +53,9 @@ ARRIVAL_SECONDS = 8.0  # mean time between browser visitors' arrivals (while few
 BAD_INPUT_SECONDS = 5.0
 # A live video lasts as long as the speech the visitor recorded: from the microphone opening to Stop, as the page
 # measures it, less the moment Gradio's microphone takes to send its first chunk and the chunk cut at Stop.
+# (Its first run failed here: Gradio 6.31's stream route keeps only the newest message of a stream that the server
+# has not taken yet (`event.data = body`), so on a busy CPU up to 3.4 s of an 8-9 s recording never reached the
+# session, while the page sent it all.)
 LIVE_LENGTH_TOLERANCE = 0.5
 # What the server may keep after the soak, over what it held after a first live session and a first Generate request
 # (each fills caches once: the models' first calls, the encoder's buffers, Gradio's example cache).
