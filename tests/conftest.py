@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import struct
 import warnings
+import zlib
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -17,6 +20,16 @@ CHECKPOINT = ROOT / "checkpoints" / "teller-base"
 ASTRONAUT = EXAMPLES / "astronaut.png"
 GRACE_HOPPER = EXAMPLES / "grace_hopper.jpg"
 REAL_SPEECH = EXAMPLES / "arctic_a0009.wav"
+
+
+def png_header_claiming(path: Path, width: int, height: int) -> None:
+    """A tiny PNG whose header declares `width` x `height` pixels: what a decompression bomb looks like to a
+    reader that checks before decoding (its pixel data would not even decode)."""
+    Image.new("RGB", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = struct.pack(">II", width, height) + data[24:29]  # width, height, then depth, colour, methods
+    data[16:33] = ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    path.write_bytes(bytes(data))
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import EXAMPLES
-
-CHROMIUM = Path("/usr/bin/chromium")
+from .serving import CHROMIUM, chromium_options, fake_microphone, rss_mb, serve_app
 
 pytestmark = [
     pytest.mark.browser,
@@ -77,19 +75,8 @@ def server():
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    import soundfile as sf
-
-    # The fake microphone plays this file in a loop from the moment recording starts.
-    speech, rate = sf.read(EXAMPLES / "speech_flite_slt.wav", dtype="int16")
-    mic = tmp_path_factory.mktemp("mic") / "speech.wav"
-    sf.write(mic, speech, rate, subtype="PCM_16")
     with playwright_api.sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=["--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                  f"--use-file-for-fake-audio-capture={mic}", "--autoplay-policy=no-user-gesture-required"],
-        )
+        chromium = p.chromium.launch(**chromium_options(fake_microphone(tmp_path_factory.mktemp("mic"))))
         try:
             yield chromium
         finally:
@@ -392,44 +379,9 @@ def test_a_session_at_its_time_limit_stops_the_microphone_and_says_why(page, ser
 
 @pytest.fixture(scope="module")
 def served_app(tmp_path_factory):
-    """`python app.py` in a process of its own, as a server runs it (its memory is measured alone); stopped with
-    SIGTERM at the end."""
-    import signal
-    import subprocess
-    import sys
-
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path_factory.mktemp("served_app") / "app.log"
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=Path(__file__).resolve().parent.parent,
-                               env=dict(os.environ, GRADIO_SERVER_PORT=str(port), HF_HUB_OFFLINE="1"),
-                               stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            assert process.poll() is None, f"app.py exited: {log.read_text()[-2000:]}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}config", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "app.py did not start"
-            time.sleep(0.5)
-        yield url, process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)  # app.py exits as on Ctrl-C, removing its temporary files
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+    """`python app.py` in a process of its own, as a server runs it (its memory is measured alone)."""
+    with serve_app(tmp_path_factory.mktemp("served_app") / "app.log") as served:
+        yield served
 
 
 @pytest.mark.slow
@@ -438,7 +390,7 @@ def test_live_sessions_through_the_page_leave_the_servers_memory_flat(browser, s
     # 3 s, Stop, watch the video to its end, close the tab. The server (`python app.py`, nothing else in its process)
     # may not keep what a visitor leaves behind: over 20 sessions after the first, at most 50 MB.
     url, process = served_app
-    rss = [_rss_mb(process.pid)]
+    rss = [rss_mb(process.pid)]
     started = time.monotonic()
     for _ in range(21):
         context = browser.new_context(viewport={"width": 1280, "height": 1000}, permissions=["microphone"])
@@ -454,7 +406,7 @@ def test_live_sessions_through_the_page_leave_the_servers_memory_flat(browser, s
         page.wait_for_function("() => document.querySelector('#live-video video').ended", timeout=60_000)
         context.close()
         time.sleep(2)  # the server hears that the tab closed
-        rss.append(_rss_mb(process.pid))
+        rss.append(rss_mb(process.pid))
     growth = rss[-1] - rss[1]
     print(f"\nLive memory through the page: server RSS {rss[0]:.0f} MB at start, {rss[1]:.0f} MB after a first "
           f"session, {rss[-1]:.0f} MB after 20 more ({growth:+.1f} MB, {time.monotonic() - started:.0f} s); "

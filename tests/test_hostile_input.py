@@ -7,16 +7,10 @@ this module covers what a careless or hostile caller sends."""
 
 from __future__ import annotations
 
-import os
 import queue
 import re
 import signal
-import socket
-import struct
-import subprocess
-import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,22 +24,13 @@ from teller_pipeline.face_analysis import FaceAnalyzer
 from teller_pipeline.pipeline_teller import MAX_IMAGE_PIXELS
 from teller_pipeline.video import write_mp4
 
-from .conftest import EXAMPLES, GRACE_HOPPER, REAL_SPEECH, ROOT
+from .conftest import EXAMPLES, GRACE_HOPPER, REAL_SPEECH, ROOT, png_header_claiming
+from .serving import serve_app
 
 NAN, INF = float("nan"), float("inf")
 
 
 # ------------------------------------------------------------------------------------------------------ photos
-def _png_header_claiming(path: Path, width: int, height: int) -> None:
-    """A tiny PNG whose header declares `width` x `height` pixels: what a decompression bomb looks like to a
-    reader that checks before decoding (its pixel data would not even decode)."""
-    Image.new("RGB", (1, 1)).save(path)
-    data = bytearray(path.read_bytes())
-    ihdr = struct.pack(">II", width, height) + data[24:29]  # width, height, then depth, colour, methods
-    data[16:33] = ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    path.write_bytes(bytes(data))
-
-
 @pytest.fixture(scope="module")
 def bad_photos(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("bad_photos")
@@ -59,7 +44,7 @@ def bad_photos(tmp_path_factory) -> dict[str, Path]:
     photos["voice.png"].write_bytes(REAL_SPEECH.read_bytes())
     whole = GRACE_HOPPER.read_bytes()
     photos["cut.jpg"].write_bytes(whole[: len(whole) // 3])  # a download that stopped a third of the way
-    _png_header_claiming(photos["bomb.png"], 13000, 13000)
+    png_header_claiming(photos["bomb.png"], 13000, 13000)
     return photos
 
 
@@ -89,7 +74,7 @@ def test_photo_pixels_are_counted_from_the_header_before_decoding(monkeypatch, b
     # The limit is checked on the size the header declares: a photo one pixel over it is refused without its
     # pixels ever being read (decoding them would fail here: the file holds one pixel's data).
     width = 8000
-    _png_header_claiming(bad_photos["bomb.png"].with_name("over.png"), width, MAX_IMAGE_PIXELS // width + 1)
+    png_header_claiming(bad_photos["bomb.png"].with_name("over.png"), width, MAX_IMAGE_PIXELS // width + 1)
     with pytest.raises(ImageError, match="the limit is 40 MP"):
         pipeline_teller.load_image(bad_photos["bomb.png"].with_name("over.png"))
     # A PIL image opened lazily is checked the same way, before `convert` decodes it.
@@ -280,35 +265,11 @@ def test_an_in_memory_video_too_large_is_refused_before_any_work(pipe):
 # ------------------------------------------------------------------------------------------------------- app
 @pytest.fixture(scope="module")
 def served_app(tmp_path_factory):
-    """`python app.py` as a visitor meets it, with its own temporary folder; stopped with SIGTERM at the end."""
+    """`python app.py` as a visitor meets it, with its own temporary folder."""
     pytest.importorskip("gradio")
     temp = tmp_path_factory.mktemp("app_tmp")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, TMPDIR=str(temp), GRADIO_SERVER_PORT=str(port), HF_HUB_OFFLINE="1")
-    log = temp / "app.log"
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log.open("w"),
-                               stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    import httpx
-
-    deadline = time.monotonic() + 180
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"app.py exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/config", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("app.py did not start")
-        time.sleep(0.5)
-    yield url, temp, process
-    if process.poll() is None:
-        process.kill()
+    with serve_app(temp / "app.log", TMPDIR=str(temp)) as (url, process):
+        yield url.rstrip("/"), temp, process
 
 
 def test_the_app_shows_no_server_paths(served_app):
