@@ -331,22 +331,26 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
 ## Limitations
 
 - Mouth size (table "What a viewer sees" above; these figures from `python -m teller_recipe.evaluation.portraits`
-  on 2026-12-02, ten portraits): at default settings, on real speech with pauses, the landmarker reads the lips
-  parting to a p90 of 0.114–0.169 of the eye-corner distance (≈ 1–1.5 cm) and a maximum of 0.17–0.25, 0.89–1.33 of
-  what the phones ask, on nine of ten portraits; the head bowed 30° reads 0.064 (its driven lips part 0.105, the
-  render shows ~60 % of that). Grace Hopper (0.116), Biden (0.114) and the astronaut (0.119) stay just under the
-  p90 ≥ 0.12 a talking person shows although the lips they are given part 0.118–0.128; the photos whose lips are
-  apart overshoot (ratio 1.21–1.33): at small openings the landmarker reads their rendered lips further apart
-  than they are driven (0.054 → 0.115 on the glasses photo), also with the mouth interior left out; why is not
-  known yet. Identity priors are clamped to the training faces' range
-  (`MotionGenerator.fit_identity_range`) and lose their depth (`in_image_plane`): real photos land far outside a
-  synthetic corpus' faces, and the generator answered them with a nearly shut mouth (smiling and turned faces p90
-  0.059–0.074 before the clamp; Obama speaking, photographed mid-word, 0.046–0.069 before the depth went).
-- Held-out synthetic voices: the lips meet less on p/b/m than on real recordings (bilabial ratio 0.13–0.57 on
-  the held-out group, ≤ 0.3 on three of ten portraits, 0.24–0.36 in the lips the generator drives; 0.00–0.19 on
+  on 2026-12-02, eleven portraits): at default settings, on real speech with pauses, the landmarker reads the lips
+  parting to a p90 of 0.120–0.169 of the eye-corner distance (≈ 1–1.5 cm) and a maximum of 0.17–0.25, 0.94–1.33 of
+  what the phones ask, on ten of eleven portraits; the head bowed 30° reads 0.071 (its driven lips part 0.105, the
+  render shows ~70 % of that). The photos whose lips are apart overshoot (ratio 1.23–1.33): at small openings the
+  landmarker reads their rendered lips further apart than they are driven (0.025 → ~0.06), from the sealed seam
+  (Obama speaking: the landmarker puts the inner upper lip in a dark strip of the photo's upper lip) and, on the two
+  scanned smiles, from the whole mouth, which reads ~3 px taller than drawn whatever the seam looks like. Closed
+  photos part where their lips meet in the photo (`GeometricRenderer.lip_seam_reach`), not at the landmarker's
+  inner-lip line, which can lie a few pixels into a lip, and their mouth interior is as dark as a real one (a lit,
+  lip-red cavity was read as lip): Grace Hopper, Biden and the bearded photo read 0.122–0.126 (ratio 0.96–1.00),
+  from 0.106–0.116. Openings under ~0.05 still read smaller than driven, mostly the landmarker's own dead zone on
+  these faces. Identity priors are clamped to the training faces' range (`MotionGenerator.fit_identity_range`) and
+  lose their depth (`in_image_plane`): real photos land far outside a synthetic corpus' faces, and the generator
+  answered them with a nearly shut mouth (smiling and turned faces p90 0.059–0.074 before the clamp; Obama
+  speaking, photographed mid-word, 0.046–0.069 before the depth went).
+- Held-out synthetic voices: the lips meet less on p/b/m than on real recordings (bilabial ratio 0.12–0.57 on
+  the held-out group, ≤ 0.3 on four of eleven portraits, 0.24–0.36 in the lips the generator drives; 0.00–0.18 on
   real speech except the three-quarter view, 0.37).
 - A mouth photographed open is closed by geometry (`MotionEncoder.close_lips`): in the pauses of real and
-  held-out speech the lips meet in ≥ 90 % of silent frames on seven of ten portraits; on the three whose lips are
+  held-out speech the lips meet in ≥ 90 % of silent frames on eight of eleven portraits; on the three whose lips are
   apart in the photo (Obama speaking, the two scanned party photos) the seam looks closed on the contact sheets,
   but the landmarker reads the lips 0.025–0.05 apart.
 - Head motion measured on rendered frames is dominated by the landmarker's own frame-to-frame noise (the
