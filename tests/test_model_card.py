@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from huggingface_hub import ModelCard
 
 from teller_pipeline.pipeline_teller import INSTALL_COMMAND
@@ -73,3 +74,15 @@ def test_card_without_evaluation_has_no_model_index(tmp_path):
     assert card.data.base_model == "openai/whisper-base"
     assert not card.data.eval_results and "model-index" not in card.content.split("\n---", 2)[0]
     assert "Not evaluated yet." in card.text
+
+
+def test_refreshing_sections_rewrites_only_those():
+    from teller_recipe.model_card.model_card import refresh_sections
+
+    card = ("# Card\n\n## Speed\n\nold speed\n\n### table\n\nold rows\n\n## Limitations\n\nold limits\n\n"
+            "## Citation\n\nkept")
+    fresh = "# Card\n\n## Speed\n\nnew speed\n\n## Limitations\n\nnew limits\n\n## Citation\n\nnot this one"
+    refreshed = refresh_sections(card, fresh, ["## Speed", "## Limitations"])
+    assert refreshed == "# Card\n\n## Speed\n\nnew speed\n\n## Limitations\n\nnew limits\n\n## Citation\n\nkept"
+    with pytest.raises(ValueError, match="no section '## Nowhere'"):
+        refresh_sections(card, fresh, ["## Nowhere"])

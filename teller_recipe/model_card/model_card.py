@@ -384,15 +384,41 @@ photo or voice of someone who has not agreed. Disclose that videos made with it 
 """
 
 
+def refresh_sections(card: str, fresh: str, headings: list[str]) -> str:
+    """`card` with the sections under each of `headings` (a heading line such as "## Speed", to the next heading of
+    its level or above) replaced by the same sections of `fresh`."""
+    for heading in headings:
+        level = len(heading) - len(heading.lstrip("#"))
+        parts = []
+        for text in (card, fresh):
+            lines = text.split("\n")
+            if heading not in lines:
+                raise ValueError(f"no section {heading!r} in the {'card' if text is card else 'new card'}")
+            start = lines.index(heading)
+            end = next((i for i in range(start + 1, len(lines))
+                        if lines[i].startswith("#") and len(lines[i]) - len(lines[i].lstrip("#")) <= level
+                        and lines[i][len(lines[i]) - len(lines[i].lstrip("#")):].startswith(" ")), len(lines))
+            parts.append((lines, start, end))
+        (lines, start, end), (new_lines, new_start, new_end) = parts
+        card = "\n".join(lines[:start] + new_lines[new_start:new_end] + lines[end:])
+    return card
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="checkpoints/teller-base")
     parser.add_argument("--run", default="runs/starter", help="recipe folder (timings.tsv, eval/metrics.md)")
     parser.add_argument("--corpus", default="data/corpus")
     parser.add_argument("--speed", default="README.md", help="the project README (its measured Speed section)")
+    parser.add_argument("--refresh", nargs="+", metavar="HEADING",
+                        help='rewrite only these sections of the existing card (e.g. "## Speed" "## Limitations" '
+                             '"### What a viewer sees, per portrait"), from what is at hand: the rest of the card '
+                             "stays as the recipe's run wrote it")
     args = parser.parse_args(argv)
     checkpoint = Path(args.checkpoint)
     card = render(checkpoint, Path(args.run), Path(args.corpus), Path(args.speed))
+    if args.refresh:
+        card = refresh_sections((checkpoint / "README.md").read_text(), card, args.refresh)
     (checkpoint / "README.md").write_text(card)
     print(f"wrote {checkpoint / 'README.md'}")
 
