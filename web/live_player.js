@@ -1,8 +1,9 @@
 // The Live tab's player (the `js_on_load` of a gr.HTML in app.py; Gradio runs it with `element`, `props` and
 // `watch` defined). The live session yields one chunk of a fragmented MP4 at a time as this component's value,
 // {session, seq, mime, data: base64, final, end, reason, reduced}; they are appended to a MediaSource as they
-// arrive, so the first frames play about 0.1 s after they reach the page. Gradio's own streaming video goes through an HLS player
-// instead, which re-encodes each segment on the server and buffers in the page: about a second more.
+// arrive, so the first frames play about 0.1 s after they reach the page. Gradio's own streaming video goes
+// through an HLS player instead, which re-encodes each segment on the server and buffers in the page: about a
+// second more.
 const video = element.querySelector("video");
 const hint = element.querySelector(".teller-live-hint");
 const label = element.querySelector(".teller-live-label");
@@ -102,7 +103,7 @@ function play() {
   }
 }
 
-// A little faster while more than a chunk and a half is in hand, normal speed again once it is down to a chunk.
+// A little faster while more than 1.5 × the target is in hand, normal speed again once it is back under the target.
 function keepPace() {
   const ranges = video.buffered;
   if (!ranges.length || final) {
