@@ -33,8 +33,9 @@ import numpy as np
 import torch
 from gradio import processing_utils, route_utils
 from gradio.data_classes import ImageData
+from starlette.routing import WebSocketRoute
 
-from app_live import FramesAndVoice, LiveServer, limit_malloc_arenas, live_frames, visitor_errors
+from app_live import MICROPHONE_ROUTE, FramesAndVoice, LiveServer, limit_malloc_arenas, live_frames, visitor_errors
 from teller_pipeline import HUB_MODEL_ID, TellerPipeline
 from teller_pipeline.audio import SAMPLE_RATE, load_audio
 from teller_pipeline.controls import GenerationControls
@@ -58,8 +59,6 @@ LIVE_DEFAULT_SIZE = 384
 # radio's numeric choices as strings in the API schema, which MCP clients then cannot satisfy.
 OUTPUT_MIN_SIZE, OUTPUT_MAX_SIZE, OUTPUT_SIZE_STEP = 256, 1024, 128
 OUTPUT_DEFAULT_SIZE = 512
-# Gradio 6.31's microphone sends 0.1 s chunks whatever `stream_every` asks for (its frontend fixes it); say so.
-CHUNK_SECONDS = 0.1
 # Largest file a visitor may upload: a 40 MP JPEG (the pipeline's pixel limit; 10-20 MB) or a minute of stereo
 # speech as uncompressed float (23 MB) fits.
 MAX_UPLOAD_SIZE = "50mb"
@@ -327,8 +326,8 @@ with gr.Blocks(title="Teller: make a portrait speak", delete_cache=(3600, 3600))
                   live_status, api_name=False)
             # Opening the tab puts the visitor in line; their place, and the microphone when their turn comes, are
             # pushed to the page until they leave. Once per page ("once": opening the tab again starts nothing).
-            live_tab.select(live.follow_line, None, [live_line, mic], trigger_mode="once", concurrency_limit=None,
-                            api_name=False, show_progress="hidden")
+            live_tab.select(live.follow_line, None, [live_line, mic, live_video], trigger_mode="once",
+                            concurrency_limit=None, api_name=False, show_progress="hidden")
             # The session runs as a step after the record button's event rather than on it: when recording stops,
             # Gradio's page closes every event the microphone triggered and drops their further output, which
             # would lose the video still being made for the last words.
@@ -340,18 +339,21 @@ with gr.Blocks(title="Teller: make a portrait speak", delete_cache=(3600, 3600))
                 concurrency_limit=LIVE_SESSIONS,
                 concurrency_id="live",
             )
-            # Its own, unlimited concurrency: the chunk handler only queues the chunk, and it must run while that
-            # visitor's session holds its "live" slot. (The session ends at its own limit, and the page then stops
-            # the microphone: Gradio's time_limit does not stop it.)
-            mic.stream(live.chunk, mic, None, stream_every=CHUNK_SECONDS, time_limit=LIVE_SECONDS,
-                       concurrency_limit=None, api_name=False, show_progress="hidden")
+            # The voice itself goes to `live.microphone` over the page's own WebSocket (see app_live), not through
+            # the microphone's stream event; Gradio's microphone is the Record and Stop buttons.
             mic.stop_recording(live.stop, None, None, api_name=False, show_progress="hidden")
     gr.Markdown(FOOTER)
     demo.unload(live.visitor_left)
 demo.queue(max_size=QUEUE_SIZE)
 
-LAUNCH_OPTIONS = dict(theme=gr.themes.Soft(), allowed_paths=[str(EXAMPLES)], mcp_server=MCP_SERVER,
-                      max_file_size=MAX_UPLOAD_SIZE)
+
+def launch_options() -> dict:
+    """`demo.launch`'s options, fresh for each launch: Gradio keeps what it adds to `app_kwargs` (its MCP server's
+    lifespan, which runs once per instance), so a second launch in one process would fail with the first's."""
+    return dict(theme=gr.themes.Soft(), allowed_paths=[str(EXAMPLES)], mcp_server=MCP_SERVER,
+                max_file_size=MAX_UPLOAD_SIZE,
+                app_kwargs=dict(routes=[WebSocketRoute(MICROPHONE_ROUTE, live.microphone)]))
+
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
@@ -359,4 +361,4 @@ if __name__ == "__main__":
     # A stop request (SIGTERM, as from a process manager) ends the app as Ctrl-C does, so the clean-up at exit
     # (`_remove_temporary_files`) runs.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    demo.launch(**LAUNCH_OPTIONS)
+    demo.launch(**launch_options())

@@ -2,8 +2,9 @@
 
 A `LiveServer` runs one streaming session of the pipeline per visitor: the record button starts `session`, which
 yields the talking portrait as one fragmented MP4 (H.264 + AAC) in chunks for the page's player
-(`web/live_player.js`); every microphone chunk goes to `chunk`; `stop` and `visitor_left` end the session. The
-frames themselves come from `live_frames`, the session's one GPU call, which `app.py` wraps with `spaces.GPU`.
+(`web/live_player.js`); the page sends the visitor's voice over a WebSocket of its own (`microphone`, at
+`MICROPHONE_ROUTE`), and the end of that stream, the visitor leaving or the time limit ends the session. The frames
+themselves come from `live_frames`, the session's one GPU call, which `app.py` wraps with `spaces.GPU`.
 Sessions run a few at a time: `LiveLine` keeps the others waiting in arrival order, and `follow_line` tells each
 visitor their place and switches their microphone on when their turn comes.
 """
@@ -12,12 +13,14 @@ import asyncio
 import base64
 import contextlib
 import ctypes
+import json
 import logging
 import multiprocessing
 import os
 import platform
 import queue
 import re
+import secrets
 import threading
 import time
 import uuid
@@ -28,6 +31,7 @@ from typing import NamedTuple
 
 import gradio as gr
 import numpy as np
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from teller_pipeline import FaceNotFoundError, ImageError, TellerPipeline
 from teller_pipeline.audio import SAMPLE_RATE, AudioError
@@ -70,6 +74,20 @@ CAUGHT_UP_SECONDS = 0.2
 REDUCED_MIN_SECONDS = 3.0
 # Batches of frames the model may make ahead of the encoder and the page.
 BATCHES_AHEAD = 2
+
+# The page's own microphone capture sends the voice here, over a WebSocket, in order and as it is recorded, rather
+# than through Gradio's streaming microphone: Gradio 6.31's /stream/{event_id} route keeps one pending chunk per
+# stream, and one that arrives before the server took the last replaces it (2-9 of ~120 chunks were lost beside a
+# busy process, tests/test_app_browser.py). `{token}` is the visitor's own (`microphone_token`).
+MICROPHONE_ROUTE = "/teller/microphone/{token}"
+# Speech heard before the session is listening (the Record event's round trip through Gradio's queue, the portrait
+# analysed) is kept this long, and handed over when it starts.
+EARLY_SPEECH_SECONDS = 3.0
+# After Stop, the page's last chunks and the end of its stream are waited for this long before the session is told
+# that the speech ended anyway (a page whose stream broke off).
+MICROPHONE_END_GRACE_SECONDS = 2.0
+# A sample rate the browser may record at (AudioContext rates range 3-768 kHz; microphones 8-192 kHz).
+MICROPHONE_RATES = (8000, 192000)
 
 
 class FramesAndVoice(NamedTuple):
@@ -180,15 +198,24 @@ class LiveSessions:
             chunks.put(chunk)
         return chunks is not None
 
-    def stop(self, key: str, forget: bool = False) -> None:
-        """End the visitor's running session (the sentinel lets it finish its last frames); `forget` also
-        drops the analysed portrait (the visitor left)."""
+    def stop(self, key: str, forget: bool = False, only: queue.Queue | None = None) -> None:
+        """End the visitor's running session (the sentinel lets it finish its last frames), if `only` is given only
+        if that is its chunk queue; `forget` also drops the analysed portrait (the visitor left)."""
         with self._lock:
-            chunks = self._live.pop(key, None)
+            chunks = self._live.get(key)
+            if only is None or chunks is only:
+                self._live.pop(key, None)
+            else:
+                chunks = None
             if forget:
                 self._portraits.pop(key, None)
         if chunks is not None:
             chunks.put(None)
+
+    def running(self, key: str) -> queue.Queue | None:
+        """The chunk queue of the visitor's running session, if one runs."""
+        with self._lock:
+            return self._live.get(key)
 
     def is_running(self, key: str, chunks: queue.Queue) -> bool:
         """Whether the session with this chunk queue is still taking speech (not stopped, not replaced)."""
@@ -499,6 +526,9 @@ class LiveServer:
         self.idle_seconds = idle_seconds
         self.sessions = LiveSessions(pipe, multiprocessing.Manager().Queue if across_processes else queue.Queue)
         self.line = LiveLine(slots, seconds)
+        self._lock = threading.Lock()
+        self._microphone_keys: dict[str, str] = {}  # a page's microphone token → its visitor's session hash
+        self._microphones_open: dict[str, int] = {}  # session hash → the page's microphone streams now open
 
     def analyse_portrait(self, portrait: str | None, size: int, request: gr.Request) -> str:
         """Analyse the Live tab's portrait as soon as it is chosen, so recording starts without that delay."""
@@ -508,11 +538,12 @@ class LiveServer:
             self.sessions.portrait(request.session_hash, portrait, int(size))
         return "Portrait ready."
 
-    async def follow_line(self, request: gr.Request) -> AsyncIterator[tuple[str, dict]]:
-        """Started when the visitor opens the Live tab (once per page): puts them in line, then keeps their page
-        told where they stand, as a message and the microphone, which is on only while the turn is theirs. Ends
-        when they leave (`visitor_left`)."""
+    async def follow_line(self, request: gr.Request) -> AsyncIterator[tuple[str, dict, dict]]:
+        """Started when the visitor opens the Live tab (once per page): gives the player the address its microphone
+        stream goes to, puts the visitor in line, then keeps their page told where they stand, as a message and the
+        microphone, which is on only while the turn is theirs. Ends when they leave (`visitor_left`)."""
         key = request.session_hash
+        yield gr.update(), gr.update(), dict(microphone=self.microphone_address(key))
         self.line.join(key)
         shown = None
         mic_off_wanted = None  # when the turn passed on while the microphone was still recording
@@ -531,7 +562,8 @@ class LiveServer:
                 # The microphone is updated only when it changes; a cleared value shows the Record button again
                 # rather than the last recording.
                 changed = shown is None or mic != shown[1]
-                yield message, gr.update(interactive=mic[0], label=mic[1], value=None) if changed else gr.update()
+                yield (message, gr.update(interactive=mic[0], label=mic[1], value=None) if changed else gr.update(),
+                       gr.update())
                 shown = message, mic
             await asyncio.sleep(LINE_POLL_SECONDS)
 
@@ -599,18 +631,113 @@ class LiveServer:
             del frames, writer, chunks
             release_freed_memory()
 
-    def chunk(self, chunk: tuple[int, np.ndarray] | None, request: gr.Request) -> None:
-        """Each microphone chunk, (rate, int16 samples), goes to the visitor's running session."""
-        if chunk is not None and not self.sessions.push(request.session_hash, chunk):
-            logger.debug("live %s: a chunk came with no session running (dropped)", request.session_hash[:8])
+    # -------------------------------------------------------------------------------------- the microphone
+    def microphone_address(self, key: str) -> str:
+        """Where the visitor's page sends its microphone stream, relative to the page: `MICROPHONE_ROUTE` with a
+        token of their own (the session hash itself stays out of URLs and logs)."""
+        with self._lock:
+            token = next((t for t, k in self._microphone_keys.items() if k == key), None)
+            if token is None:
+                token = secrets.token_urlsafe(16)
+                self._microphone_keys[token] = key
+        return MICROPHONE_ROUTE.format(token=token).lstrip("/")
+
+    async def microphone(self, websocket: WebSocket) -> None:
+        """The page's microphone stream, one per recording (`MICROPHONE_ROUTE`): a text message {"rate": samples
+        per second}, the voice as binary messages of 16-bit little-endian mono samples as it is recorded, and
+        {"end": true} after Stop. Each chunk goes to the visitor's running session, in order; speech heard before
+        the session listens waits for it (`EARLY_SPEECH_SECONDS`). The stream's end ends the speech of the session
+        it fed, which then finishes the video of the last words."""
+        with self._lock:
+            key = self._microphone_keys.get(websocket.path_params.get("token", ""))
+        if key is None:
+            await websocket.close(code=1008)  # policy violation: not a page's microphone
+            return
+        await websocket.accept()
+        with self._lock:
+            self._microphones_open[key] = self._microphones_open.get(key, 0) + 1
+        rate, waiting, fed = None, [], None
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                if message.get("bytes") is not None:
+                    data = message["bytes"]
+                    if rate is None or not data or len(data) % 2:
+                        logger.warning("live %s: a microphone message was not 16-bit samples at a known rate "
+                                       "(dropped)", key[:8])
+                        continue
+                    waiting.append((rate, np.frombuffer(data, "<i2")))
+                    # A queue proxy's put is a round trip to another process (ZeroGPU): off the event loop.
+                    fed = await asyncio.to_thread(self._hand_over, key, waiting) or fed
+                    continue
+                try:
+                    header = json.loads(message.get("text") or "")
+                except ValueError:
+                    header = None
+                if not isinstance(header, dict):
+                    logger.warning("live %s: a microphone message was not understood (dropped)", key[:8])
+                elif header.get("end"):
+                    await websocket.close()  # all of it was taken: the page may go
+                    break
+                elif isinstance(header.get("rate"), int | float) and \
+                        MICROPHONE_RATES[0] <= header["rate"] <= MICROPHONE_RATES[1]:
+                    rate = int(header["rate"])
+                else:
+                    logger.warning("live %s: a microphone rate of %r was refused", key[:8], header.get("rate"))
+        except WebSocketDisconnect:
+            pass
+        finally:
+            with self._lock:
+                self._microphones_open[key] -= 1
+                if not self._microphones_open[key]:
+                    del self._microphones_open[key]
+            if fed is not None:
+                self.sessions.stop(key, only=fed)
+            if waiting:
+                logger.info("live %s: %.1f s of speech came with no session to take it", key[:8],
+                            sum(len(samples) / rate for rate, samples in waiting))
+
+    def _hand_over(self, key: str, waiting: list[tuple[int, np.ndarray]]) -> queue.Queue | None:
+        """Hand the waiting chunks to the visitor's running session, oldest first; what no session takes yet is
+        kept, up to `EARLY_SPEECH_SECONDS`. The queue that took them, if any."""
+        fed = None
+        while waiting and self.sessions.running(key) is not None and self.sessions.push(key, waiting[0]):
+            fed = fed or self.sessions.running(key)
+            waiting.pop(0)
+        while sum(len(samples) / rate for rate, samples in waiting) > EARLY_SPEECH_SECONDS:
+            waiting.pop(0)
+        return fed
+
+    def hear(self, key: str, chunk: tuple[int, np.ndarray]) -> bool:
+        """One chunk of the visitor's voice, (rate, int16 samples), to their running session: whether one took it
+        (a chunk with no session running is dropped). What the microphone stream does, for callers without one."""
+        return self.sessions.push(key, chunk)
 
     def stop(self, request: gr.Request) -> None:
-        self.line.stop(request.session_hash)
-        self.sessions.stop(request.session_hash)
+        """The visitor pressed Stop. Their page's microphone stream ends the speech itself, after its last chunks;
+        if none is open (or its end does not come), this does."""
+        key = request.session_hash
+        self.line.stop(key)
+        chunks = self.sessions.running(key)
+        if chunks is None:
+            return
+        with self._lock:
+            streaming = key in self._microphones_open
+        if streaming:
+            timer = threading.Timer(MICROPHONE_END_GRACE_SECONDS, self.sessions.stop, (key,), {"only": chunks})
+            timer.daemon = True
+            timer.start()
+        else:
+            self.sessions.stop(key, only=chunks)
 
     def visitor_left(self, request: gr.Request) -> None:
-        self.sessions.stop(request.session_hash, forget=True)
-        self.line.leave(request.session_hash)  # also ends their `follow_line`
+        key = request.session_hash
+        self.sessions.stop(key, forget=True)
+        self.line.leave(key)  # also ends their `follow_line`
+        with self._lock:
+            self._microphone_keys = {t: k for t, k in self._microphone_keys.items() if k != key}
 
     def _limit_reason(self) -> str:
         return f"the {self.seconds:g} s limit was reached"

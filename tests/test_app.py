@@ -44,7 +44,7 @@ def server(app) -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app.demo.launch(prevent_thread_lock=True, server_port=port, quiet=True, **app.LAUNCH_OPTIONS)
+    app.demo.launch(prevent_thread_lock=True, server_port=port, quiet=True, **app.launch_options())
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -193,7 +193,8 @@ def test_a_crowd_waits_in_a_bounded_queue(server, client, app, monkeypatch):
 # ---------------------------------------------------------------------------------------------------- Live
 class Visitor:
     """One browser session driving the Live handlers as Gradio would: the record button starts
-    `live.session`, the microphone calls `live.chunk` every 0.1 s, the stop button calls `live.stop`."""
+    `live.session`, the page's microphone stream hands a chunk to `live.hear` every 0.1 s, the stop button
+    calls `live.stop`."""
 
     def __init__(self, app, name: str, portrait: str, size: int = 256):
         self.app, self.portrait, self.size = app, portrait, size
@@ -209,7 +210,7 @@ class Visitor:
             assert time.monotonic() < deadline, "the session never started listening"
             time.sleep(0.01)
         for start in range(0, len(samples), CHUNK):
-            self.app.live.chunk((MIC_RATE, samples[start : start + CHUNK]), self.request)
+            self.app.live.hear(self.request.session_hash, (MIC_RATE, samples[start : start + CHUNK]))
             time.sleep(pace)
         if stop:
             self.app.live.stop(self.request)
@@ -358,7 +359,7 @@ def test_live_bad_portrait_is_a_plain_error(app, no_face, tmp_path, mic_speech):
     assert isinstance(visitor.error, gr.Error) and "No face" in visitor.error.message
     assert not app.live.sessions.is_live("live-bad")
     # Chunks from a visitor with no running session (queued, or after an error) are dropped quietly.
-    app.live.chunk((MIC_RATE, mic_speech[:CHUNK]), request)
+    app.live.hear(request.session_hash, (MIC_RATE, mic_speech[:CHUNK]))
 
 
 def test_portrait_is_analysed_once_per_visitor(app, mic_speech, monkeypatch):
@@ -519,6 +520,85 @@ def test_a_visitor_leaving_frees_their_slot_once_their_session_is_done():
     assert line.turn("d").place == 0 and not line.turn("d").live
 
 
+def _drain(chunks, seconds: float = 5.0) -> list:
+    """What a session's chunk queue received, up to the end of its speech (None)."""
+    import queue
+
+    got = []
+    with contextlib.suppress(queue.Empty):
+        while not got or got[-1] is not None:
+            got.append(chunks.get(timeout=seconds))
+    return got
+
+
+def _microphone_client(server):
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.testclient import TestClient
+
+    import app_live
+
+    return TestClient(Starlette(routes=[WebSocketRoute(app_live.MICROPHONE_ROUTE, server.microphone)]))
+
+
+def test_the_pages_microphone_stream_reaches_the_session_whole_in_order_and_ends_its_speech():
+    import json
+
+    from starlette.websockets import WebSocketDisconnect
+
+    import app_live
+
+    server = app_live.LiveServer(None, None, seconds=60)
+    client = _microphone_client(server)
+    with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/teller/microphone/guessed") as ws:
+        ws.receive_text()
+    assert refused.value.code == 1008  # a token no page was given
+    speech = (1000 * np.sin(np.arange(48_000) / 7)).astype(np.int16)
+    block = 2400  # 0.05 s at 48 kHz, as the page sends
+    with client.websocket_connect("/" + server.microphone_address("alice")) as ws:
+        ws.send_bytes(b"\x01\x02")  # before the rate: not understood, dropped
+        ws.send_text(json.dumps({"rate": 48_000}))
+        ws.send_bytes(speech[:block].tobytes())  # the session is not listening yet: kept for it
+        for broken in ("not json", json.dumps({"rate": 10**9}), json.dumps([1])):
+            ws.send_text(broken)  # each dropped, the stream goes on
+        ws.send_bytes(b"\x00")  # half a sample
+        chunks = server.sessions.open("alice")
+        for start in range(block, len(speech), block):
+            ws.send_bytes(speech[start : start + block].tobytes())
+        ws.send_text(json.dumps({"end": True}))
+        assert ws.receive()["type"] == "websocket.close"  # all of it taken
+    got = _drain(chunks)
+    assert got[-1] is None, "the stream's end did not end the session's speech"
+    assert {rate for rate, _ in got[:-1]} == {48_000}
+    np.testing.assert_array_equal(np.concatenate([samples for _, samples in got[:-1]]), speech)
+    assert not server.sessions.is_live("alice")
+
+
+def test_stop_waits_for_the_microphone_streams_last_chunks_but_not_forever(monkeypatch):
+    import json
+
+    import app_live
+
+    monkeypatch.setattr(app_live, "MICROPHONE_END_GRACE_SECONDS", 0.3)
+    server = app_live.LiveServer(None, None, seconds=60)
+    request = gr.Request(session_hash="bob")
+    with _microphone_client(server).websocket_connect("/" + server.microphone_address("bob")) as ws:
+        ws.send_text(json.dumps({"rate": 16_000}))
+        chunks = server.sessions.open("bob")
+        ws.send_bytes(np.zeros(800, np.int16).tobytes())
+        assert chunks.get(timeout=1)[0] == 16_000  # the stream is open and feeding the session
+        server.stop(request)  # Stop reached the server before the stream's last chunks and its end
+        ws.send_bytes(np.ones(800, np.int16).tobytes())
+        assert chunks.get(timeout=0.2)[1][0] == 1  # still taken
+        assert server.sessions.is_live("bob")
+        assert chunks.get(timeout=1) is None  # the stream's end never came: the speech ends anyway
+        assert not server.sessions.is_live("bob")
+    # Without a stream (an API client, a page whose stream failed) Stop ends the speech at once.
+    chunks = server.sessions.open("bob")
+    server.stop(request)
+    assert _drain(chunks, 1.0) == [None]
+
+
 def test_the_page_is_told_its_place_and_gets_the_microphone_on_its_turn(monkeypatch):
     import app_live
 
@@ -529,9 +609,13 @@ def test_the_page_is_told_its_place_and_gets_the_microphone_on_its_turn(monkeypa
     async def visit():
         pages = {name: server.follow_line(request) for name, request in [("alice", alice), ("bob", bob)]}
         views = {name: [] for name in pages}
+        addresses = {}
 
         async def follow(name):
-            async for message, mic in pages[name]:
+            async for message, mic, player in pages[name]:
+                if "microphone" in player:  # first, before the line: where the page sends its microphone stream
+                    addresses[name] = player["microphone"]
+                    continue
                 views[name].append((message, mic.get("interactive"), mic.get("label")))
 
         tasks = [asyncio.create_task(follow("alice"))]
@@ -547,9 +631,12 @@ def test_the_page_is_told_its_place_and_gets_the_microphone_on_its_turn(monkeypa
         server.visitor_left(bob)
         server.visitor_left(alice)
         await asyncio.wait_for(asyncio.gather(*tasks), 5)  # leaving ends each page's updates
-        return views
+        return views, addresses
 
-    views = asyncio.run(visit())
+    views, addresses = asyncio.run(visit())
+    # Each page's microphone stream has an address of its own, without the session hash.
+    assert addresses["alice"] != addresses["bob"] and all(
+        a.startswith("teller/microphone/") and "alice" not in a and "bob" not in a for a in addresses.values())
     assert views["alice"][0] == ("**Your turn**: press **Record** and speak.", True, "Your voice")
     assert "Someone is waiting" in views["alice"][1][0]
     assert views["alice"][2][0].startswith("**Live**") and views["alice"][2][1] is None  # microphone untouched

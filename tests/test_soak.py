@@ -52,10 +52,10 @@ ARRIVAL_SECONDS = 8.0  # mean time between browser visitors' arrivals (while few
 # live session and a browser on the same two cores).
 BAD_INPUT_SECONDS = 5.0
 # A live video lasts as long as the speech the visitor recorded: from the microphone opening to Stop, as the page
-# measures it, less the moment Gradio's microphone takes to send its first chunk and the chunk cut at Stop.
-# (Its first run failed here: Gradio 6.31's stream route keeps only the newest message of a stream that the server
-# has not taken yet (`event.data = body`), so on a busy CPU up to 3.4 s of an 8-9 s recording never reached the
-# session, while the page sent it all.)
+# measures it, less the moment the page's own recording takes to start. (Its first run failed here while the voice
+# went through Gradio 6.31's streaming microphone: its stream route keeps only the newest message of a stream that
+# the server has not taken yet (`event.data = body`), so on a busy CPU up to 3.4 s of an 8-9 s recording never
+# reached the session, while the page sent it all. The page now sends it over a WebSocket of its own.)
 LIVE_LENGTH_TOLERANCE = 0.5
 # What the server may keep after the soak, over what it held after a first live session and a first Generate request
 # (each fills caches once: the models' first calls, the encoder's buffers, Gradio's example cache).
@@ -67,13 +67,11 @@ LINE_IS_FREE = "Your turn: press Record and speak."
 # played.
 WATCH_THE_PLAYER = r"""
 window.__soak = {stream: [], mic: null, play: null, sent: 0};
-// The microphone's recorder hands over a chunk every 0.1 s; Gradio's page posts it to the server as a stream
-// message (several together when the last post is still under way): count the messages.
-const send = window.fetch;
-window.fetch = function (resource, options) {
-  const address = String(resource instanceof Request ? resource.url : resource);
-  if (/\/gradio_api\/stream\/\w+$/.test(address)) window.__soak.sent += 1;
-  return send.apply(this, arguments);
+// The page sends the voice as binary messages on its microphone WebSocket, one every 0.05 s: count them.
+const send = WebSocket.prototype.send;
+WebSocket.prototype.send = function (data) {
+  if (data instanceof ArrayBuffer) window.__soak.sent += 1;
+  return send.call(this, data);
 };
 const append = SourceBuffer.prototype.appendBuffer;
 SourceBuffer.prototype.appendBuffer = function (data) {
@@ -150,8 +148,7 @@ def inputs(tmp_path_factory) -> dict[str, BadInput]:
 @pytest.fixture(scope="module")
 def served_app(tmp_path_factory):
     folder = tmp_path_factory.mktemp("soak_app")
-    # DEBUG: the server logs each microphone chunk that came with no session running to take it.
-    with serve_app(folder / "app.log", TMPDIR=str(folder), TELLER_LOG_LEVEL="DEBUG") as (url, process):
+    with serve_app(folder / "app.log", TMPDIR=str(folder)) as (url, process):
         yield url, process, folder / "app.log"
 
 
@@ -172,7 +169,7 @@ class Soak:
     first_video: list[float] = field(default_factory=list)  # Record → the video playing
     after_stop: list[float] = field(default_factory=list)  # Stop → the video's end
     # Seconds recorded (microphone open to Stop), of video and of its sound (the speech the server heard); the
-    # microphone's messages the page sent (each at least 0.1 s of speech).
+    # microphone's messages the page sent (0.05 s of speech each).
     live_lengths: list[tuple[float, float, float, int]] = field(default_factory=list)
     page_messages: list[str] = field(default_factory=list)  # the player's warnings and errors, page errors
     rss: list[tuple[float, float]] = field(default_factory=list)  # (seconds into the soak, MB)
@@ -263,7 +260,7 @@ async def speaker(browser, soak: Soak, who: str, rng: random.Random, probe_folde
     elif video < voice - 0.1:  # the video's sound is the speech the server heard (then silence to the last frame)
         soak.fail(who, f"the server heard {voice:.2f} s of speech and animated {video:.2f} s")
     elif abs(video - recorded) > LIVE_LENGTH_TOLERANCE:
-        soak.fail(who, f"{recorded:.2f} s recorded, the page sent {marks['sent']} messages of speech (0.1 s or more "
+        soak.fail(who, f"{recorded:.2f} s recorded, the page sent {marks['sent']} messages of speech (0.05 s "
                        f"each), the server heard {voice:.2f} s (the video's sound), the video lasts {video:.2f} s")
     elif abs(played - info["video_duration"]) > 0.1:
         soak.fail(who, f"the page played {played:.2f} s of a {info['video_duration']:.2f} s video")
@@ -446,9 +443,10 @@ def test_a_soak_of_many_visitors_leaves_the_server_well_and_empty(served_app, in
     tracebacks = re.findall(r"^\w*(?:Error|Exception)\b.*$", server_log, re.MULTILINE)
     growth = memory["end"] - memory["after the first"]
     length_errors = [video - recorded for recorded, video, *_ in soak.live_lengths]
-    # Microphone chunks the server got with no session of theirs running (before it opened, after it ended), by
-    # visitor.
-    dropped = Counter(re.findall(r"live (\w+): a chunk came with no session running", server_log))
+    # Speech the server got with no session of theirs to take it (a recording that outlived its session), by visitor.
+    dropped = defaultdict(float)
+    for visitor, seconds in re.findall(r"live (\w+): ([\d.]+) s of speech came with no session to take it", server_log):
+        dropped[visitor] += float(seconds)
     load = os.getloadavg()
 
     print(f"\n--- Soak report: {time.monotonic() - soak.started:.0f} s after the warm-up, seed {SEED}, "
@@ -468,8 +466,8 @@ def test_a_soak_of_many_visitors_leaves_the_server_well_and_empty(served_app, in
               f"{max(r for r, *_ in soak.live_lengths):.1f} s): "
               + ", ".join(f"{r:.2f}/{v:.2f}/{a:.2f} s {n}" for r, v, a, n in soak.live_lengths)
               + " (recorded/video/its sound in seconds, the microphone's messages sent)")
-    print(f"Microphone chunks the server dropped (no session running): {sum(dropped.values())} from "
-          f"{len(dropped)} visitors, at most {max(dropped.values(), default=0)} from one")
+    print(f"Speech the server dropped (no session running): {sum(dropped.values()):.1f} s from {len(dropped)} "
+          f"visitors, at most {max(dropped.values(), default=0):.1f} s from one")
     print(f"Server RSS: {start_rss:.0f} MB at start, {memory['after the first']:.0f} MB after the warm-up, "
           f"{memory['soak_end']:.0f} MB when the last visitor left, {memory['end']:.0f} MB at the end "
           f"({growth:+.1f} MB; bound {RSS_GROWTH_LIMIT_MB:g}), highest {max(mb for _, mb in soak.rss):.0f} MB")

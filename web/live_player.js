@@ -1,9 +1,10 @@
-// The Live tab's player (the `js_on_load` of a gr.HTML in app.py; Gradio runs it with `element`, `props` and
-// `watch` defined). The live session yields one chunk of a fragmented MP4 at a time as this component's value,
-// {session, seq, mime, data: base64, final, end, reason, reduced}; they are appended to a MediaSource as they
-// arrive, so the first frames play about 0.1 s after they reach the page. Gradio's own streaming video goes
+// The Live tab's player and microphone (the `js_on_load` of a gr.HTML in app.py; Gradio runs it with `element`,
+// `props` and `watch` defined). The live session yields one chunk of a fragmented MP4 at a time as this component's
+// value, {session, seq, mime, data: base64, final, end, reason, reduced}; they are appended to a MediaSource as
+// they arrive, so the first frames play about 0.1 s after they reach the page. Gradio's own streaming video goes
 // through an HLS player instead, which re-encodes each segment on the server and buffers in the page: about a
-// second more.
+// second more. Before any session the value is {microphone: address}: while Gradio's microphone records (its
+// Record and Stop buttons), this page sends the voice there itself (see "The microphone" below).
 const video = element.querySelector("video");
 const hint = element.querySelector(".teller-live-hint");
 const label = element.querySelector(".teller-live-label");
@@ -141,6 +142,7 @@ video.addEventListener("playing", () => {
 
 watch("value", () => {
   const value = props.value;
+  if (value && value.microphone) microphoneAddress = value.microphone;
   if (!value || !value.session) return;
   if (value.session !== session) {
     start(value);
@@ -157,3 +159,119 @@ watch("value", () => {
   if (final) stopMicrophone();
   feed();
 });
+
+// ------------------------------------------------------------------------------------------------ The microphone
+// While Gradio's microphone records, the page records the same microphone itself and sends the voice to the server
+// over a WebSocket of its own, one per recording: {"rate": r}, then 16-bit mono samples every SEND_EVERY_SECONDS,
+// then {"end": true} after Stop. Gradio's streaming microphone posts each chunk to a route that keeps only the
+// newest chunk not yet taken, so a busy server lost some of the speech (app_live.MICROPHONE_ROUTE).
+const SEND_EVERY_SECONDS = 0.05;
+// Runs on the audio thread: mixes the input to mono, converts it to 16-bit samples and posts them in blocks of
+// `size`; "flush" posts what is left, then "flushed".
+const CAPTURE_PROCESSOR = `
+registerProcessor("teller-capture", class extends AudioWorkletProcessor {
+  constructor(options) {
+    super();
+    this.size = options.processorOptions.size;
+    this.block = new Int16Array(this.size);
+    this.filled = 0;
+    this.port.onmessage = () => {
+      if (this.filled) this.port.postMessage(this.block.slice(0, this.filled).buffer);
+      this.filled = 0;
+      this.port.postMessage("flushed");
+    };
+  }
+  process(inputs) {
+    const channels = inputs[0];
+    if (!channels.length) return true;
+    for (let i = 0; i < channels[0].length; i++) {
+      let sum = 0;
+      for (const channel of channels) sum += channel[i];
+      this.block[this.filled++] = Math.max(-32768, Math.min(32767, Math.round(32768 * sum / channels.length)));
+      if (this.filled === this.size) {
+        this.port.postMessage(this.block.buffer, [this.block.buffer]);
+        this.block = new Int16Array(this.size);
+        this.filled = 0;
+      }
+    }
+    return true;
+  }
+});`;
+const processorUrl = URL.createObjectURL(new Blob([CAPTURE_PROCESSOR], { type: "text/javascript" }));
+
+let microphoneAddress = null; // where the voice goes, from the server (relative to the page)
+let capture = null; // the recording being sent: {socket, context, stream, node, send}
+
+function startCapture() {
+  stopCapture();
+  if (!microphoneAddress) {
+    console.error("teller: the server gave no microphone address; the live session will hear nothing");
+    return;
+  }
+  const url = new URL(microphoneAddress, window.location.href);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  const socket = new WebSocket(url);
+  socket.binaryType = "arraybuffer";
+  const early = []; // what was recorded before the socket opened
+  const send = (data) => (socket.readyState === WebSocket.OPEN ? socket.send(data) : early.push(data));
+  socket.addEventListener("open", () => early.splice(0).forEach((data) => socket.send(data)));
+  socket.addEventListener("close", (event) => {
+    if (capture && capture.socket === socket) {
+      console.warn(`teller: the microphone stream closed (${event.code}); the session hears no more`);
+    }
+  });
+  // Made in the click's own turn: a context made later may start suspended (no user gesture).
+  const context = new AudioContext({ latencyHint: "interactive" });
+  const current = (capture = { socket, context, stream: null, node: null, send });
+  send(JSON.stringify({ rate: context.sampleRate }));
+  navigator.mediaDevices
+    .getUserMedia({ audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true } })
+    .then(async (stream) => {
+      current.stream = stream;
+      await context.audioWorklet.addModule(processorUrl);
+      if (capture !== current) return; // stopped meanwhile
+      const size = Math.round(SEND_EVERY_SECONDS * context.sampleRate);
+      current.node = new AudioWorkletNode(context, "teller-capture", { processorOptions: { size } });
+      current.node.port.onmessage = (event) => {
+        if (event.data !== "flushed") send(event.data);
+      };
+      context.createMediaStreamSource(stream).connect(current.node);
+    })
+    .catch((error) => {
+      if (capture === current) capture = null;
+      console.error("teller: cannot record the microphone", error);
+      showHint("The microphone cannot be recorded here: please allow it and press Record again.");
+    })
+    .finally(() => {
+      if (capture !== current) finishCapture(current); // stopped while the microphone was opening
+    });
+}
+
+// Stop recording: the last samples are sent, then the end, and the socket closes once all of it went out.
+function stopCapture() {
+  const current = capture;
+  if (!current) return;
+  capture = null;
+  if (!current.node) return; // still opening: finished when it has opened
+  current.node.port.onmessage = (event) => {
+    if (event.data === "flushed") finishCapture(current);
+    else current.send(event.data);
+  };
+  current.node.port.postMessage("flush");
+}
+
+function finishCapture(current) {
+  if (current.stream) current.stream.getTracks().forEach((track) => track.stop());
+  current.context.close();
+  current.send(JSON.stringify({ end: true }));
+  if (current.socket.readyState === WebSocket.OPEN) current.socket.close();
+  else current.socket.addEventListener("open", () => current.socket.close(), { once: true });
+}
+
+// Gradio's microphone buttons: Record starts the page's own recording, Stop (or its "waiting" spinner) ends it.
+document.addEventListener("click", (event) => {
+  const button = event.target.closest && event.target.closest("#live-mic button");
+  if (!button) return;
+  if (button.classList.contains("record-button")) startCapture();
+  else if (/stop-button|spinner-button/.test(button.className)) stopCapture();
+}, true);
