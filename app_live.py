@@ -88,6 +88,10 @@ EARLY_SPEECH_SECONDS = 3.0
 MICROPHONE_END_GRACE_SECONDS = 2.0
 # A sample rate the browser may record at (AudioContext rates range 3-768 kHz; microphones 8-192 kHz).
 MICROPHONE_RATES = (8000, 192000)
+# A microphone cannot send speech faster than it is spoken: a stream that runs more than this ahead of the time since
+# it opened (the page's own buffering at most, EARLY_SPEECH_SECONDS) is not a microphone, and what runs ahead is
+# dropped, so a hostile page cannot hand a session minutes of audio to render.
+MICROPHONE_AHEAD_SECONDS = EARLY_SPEECH_SECONDS
 
 
 class FramesAndVoice(NamedTuple):
@@ -657,6 +661,7 @@ class LiveServer:
         with self._lock:
             self._microphones_open[key] = self._microphones_open.get(key, 0) + 1
         rate, waiting, fed = None, [], None
+        opened, received = time.monotonic(), 0.0  # seconds of speech taken from the stream
         try:
             while True:
                 message = await websocket.receive()
@@ -668,6 +673,11 @@ class LiveServer:
                         logger.warning("live %s: a microphone message was not 16-bit samples at a known rate "
                                        "(dropped)", key[:8])
                         continue
+                    seconds = len(data) / 2 / rate
+                    if received + seconds > time.monotonic() - opened + MICROPHONE_AHEAD_SECONDS:
+                        logger.warning("live %s: the microphone stream ran ahead of time (dropped)", key[:8])
+                        continue
+                    received += seconds
                     waiting.append((rate, np.frombuffer(data, "<i2")))
                     # A queue proxy's put is a round trip to another process (ZeroGPU): off the event loop.
                     fed = await asyncio.to_thread(self._hand_over, key, waiting) or fed

@@ -572,6 +572,16 @@ def test_the_pages_microphone_stream_reaches_the_session_whole_in_order_and_ends
     assert {rate for rate, _ in got[:-1]} == {48_000}
     np.testing.assert_array_equal(np.concatenate([samples for _, samples in got[:-1]]), speech)
     assert not server.sessions.is_live("alice")
+    # A page that sends faster than anyone speaks (a minute at once) has what runs ahead dropped.
+    with client.websocket_connect("/" + server.microphone_address("alice")) as ws:
+        ws.send_text(json.dumps({"rate": 16_000}))
+        chunks = server.sessions.open("alice")
+        ws.send_bytes(np.zeros(60 * 16_000, np.int16).tobytes())
+        ws.send_bytes(np.zeros(16_000, np.int16).tobytes())
+        ws.send_text(json.dumps({"end": True}))
+        assert ws.receive()["type"] == "websocket.close"
+    got = _drain(chunks)
+    assert [len(samples) for _, samples in got[:-1]] == [16_000] and got[-1] is None
 
 
 def test_stop_waits_for_the_microphone_streams_last_chunks_but_not_forever(monkeypatch):
