@@ -24,6 +24,8 @@ LIP_SAMPLE_LANDMARKS = [0, 17, 37, 267, 84, 314, 39, 269, 181, 405]  # lip bodie
 # the camera, so projected teeth narrow toward the corners.
 TOOTH_EDGES = (0.0, 0.16, 0.3, 0.42, 0.53, 0.63, 0.72, 0.8, 1.01)
 GRAIN_TILE = 64
+TONGUE_HALF_WIDTH = 0.62  # half mouth widths: the tongue spans the lower arch
+CORNER_INSET = 0.03  # half mouth widths: the opening's round ends lie this far inside its corners
 
 
 @dataclass
@@ -246,15 +248,27 @@ def composite_mouth(frame: np.ndarray, image: np.ndarray, mouth: SourceMouth, po
     # which lip a pixel's content rides on, anti-aliased over a pixel: a hard switch drew a stair-stepped seam
     # where the two parts meet
     upper = np.clip(ext_up + 0.5 * np.maximum(gap - gap_s, 0.0) - a + 0.5, 0, 1)[..., None]
+    region = frame[y0 : y0 + h, x0 : x0 + w].astype(np.float32) / 255.0
     interior = synthesise_mouth(mouth, u, a, b, dst.length, x0, y0, cfg)
+    interior = region + rounded_ends(u, a, b, dst.length)[..., None] * (interior - region)
     for weight, v_s, shown in ((upper, up_s + a, ext_up - a), (1 - upper, lo_s - b, ext_lo - b)):
         real_alpha = weight * np.clip(shown + 0.5, 0, 1)[..., None]
         if real_alpha.max() > 0:
             real = sample(image, src, u, v_s) / 255.0
             interior += real_alpha * (real - interior)
-    region = frame[y0 : y0 + h, x0 : x0 + w].astype(np.float32) / 255.0
     out = region + alpha[..., None] * (interior - region)
     frame[y0 : y0 + h, x0 : x0 + w] = np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def rounded_ends(u: np.ndarray, a: np.ndarray, b: np.ndarray, length: float) -> np.ndarray:
+    """Opacity that ends a mouth opening in round caps just inside the points of the landmarks' outline, where
+    the warped lips show instead: a dark interior drawn into those points read as hard polygon corners.
+    `u`, `a`, `b` as from `opening_pixels`."""
+    s = 2.0 * u - 1.0
+    t = (a - b) / np.maximum(a + b, 1e-6)
+    # an ellipse through the corners' insets: its ends are round (upright) whatever the angle of the points
+    inside = (1.0 - CORNER_INSET - np.sqrt(s * s + (0.3 * t) ** 2)) * 0.5 * length  # px inside its outline
+    return np.clip(inside / 1.5 + 0.5, 0, 1)  # soft over 1.5 px
 
 
 def synthesise_mouth(mouth: SourceMouth, u: np.ndarray, a: np.ndarray, b: np.ndarray, width: float,
@@ -264,18 +278,19 @@ def synthesise_mouth(mouth: SourceMouth, u: np.ndarray, a: np.ndarray, b: np.nda
     gap = np.maximum(a + b, 1e-6)
     s = 2.0 * u - 1.0  # -1..1 across the mouth
     rel_gap = gap / width
-    # cavity: reddish just inside the lips, dark at the back and in the corners
-    corner = smoothstep((np.abs(s) - 0.55) / 0.45)
-    edge = np.minimum(a, b)
-    depth = np.maximum(smoothstep(edge / np.clip(0.3 * gap, 1.0, 0.04 * width + 1.0)), corner)
-    out = c["cavity_front"] + depth[..., None] * (c["cavity_back"] - c["cavity_front"])
-    # tongue: a low mound at the bottom, lit on top, shadowed by the lower lip and toward the corners
-    top = cfg.tongue_height * gap * np.clip(1 - (s / 0.62) ** 2, 0, 1)
-    top *= smoothstep((rel_gap - cfg.tongue_opening) / 0.15)
-    # its rounded top fades into the dark; its front is shaded by the lower lip
-    tongue_alpha = smoothstep((top - b) / np.maximum(0.3 * top, 0.75)) * (top > 0.3)
-    tongue_shade = (0.55 + 0.45 * smoothstep(b / np.maximum(0.7 * top, 1e-3))) * (1 - 0.5 * corner)
-    out += tongue_alpha[..., None] * (c["tongue"] * tongue_shade[..., None] - out)
+    # where a pixel sits on an ellipse inscribed in the opening: 0 at its centre, 1 at the corners and 0.5 at the
+    # middle of the lips, which stays dark: lit as far as 1 there (and lip-red) it was read as lip by the face
+    # landmarker (`python -m teller_recipe.evaluation.portraits --corpus none --held-out 0`: giunchedi_beard gap
+    # p90 0.122 → 0.119); its level lines end round where the landmarks' outline ends in a point
+    radius = np.sqrt(s * s + (0.5 * (a - b) / gap) ** 2)
+    # the cheeks darken what recedes toward the corners (teeth, tongue); the last teeth fade into their shadow
+    corner = smoothstep((np.abs(s) - 0.5) / 0.45)
+    buccal = 1 - smoothstep((np.abs(s) - 0.7) / 0.25)
+    # cavity: darkest at the back (the middle of the opening), lighter toward the corners and the lips beside them
+    front = smoothstep((radius - cfg.cavity_depth) / (1.0 - cfg.cavity_depth))
+    out = c["cavity_back"] + front[..., None] * (c["cavity_front"] - c["cavity_back"])
+    # tongue: a low dome behind the lower lip, its back in the cavity's dark
+    out = _tongue(out, c["tongue"], s, b, gap, rel_gap, corner, cfg)
     # teeth: lower ones (only when the jaw is well open, mostly hidden by the lower lip), then upper ones
     tooth, within, to_edge = tooth_pattern(np.abs(s), width)
     # lower teeth sit deeper in the mouth, in the upper teeth's shadow: a little darker; lit from above, they get
@@ -289,15 +304,16 @@ def synthesise_mouth(mouth: SourceMouth, u: np.ndarray, a: np.ndarray, b: np.nda
             shown = smoothstep((rel_gap - cfg.lower_teeth_opening) / 0.1)
             height = cfg.lower_teeth_height * width * shown
             arch = np.sqrt(np.clip(1 - (s / 0.65) ** 2, 0, 1))
+            brightness = brightness * (1 - 0.4 * np.minimum(np.abs(s) / 0.65, 1) ** 2)  # the arch curves back
         length = height * arch * (1 - 0.1 * within**2)  # each tooth's edge is slightly rounded
         if length.max() < 0.3:
             continue
-        teeth_alpha = np.clip(length - dist + 0.5, 0, 1)
-        shade = brightness * (1.0 - 0.05 * tooth) * (1 - 0.4 * corner)
+        teeth_alpha = np.clip(length - dist + 0.5, 0, 1) * buccal
+        shade = brightness * (1.0 - 0.05 * tooth) * (1 - 0.5 * corner)
         # faint separations between the front teeth; the upper lip shades the teeth next to it
         shade = shade * (1 - 0.15 * np.exp(-((to_edge / 0.45) ** 2)) * (tooth < 4))
         if lip_shadow:
-            shade = shade * (0.75 + 0.25 * smoothstep(dist / max(cfg.lip_shadow * width, 1e-3)))
+            shade = shade * (0.65 + 0.35 * smoothstep(dist / max(cfg.lip_shadow * width, 1e-3)))
         # shadows on teeth are warm (light bounced off lips and gums): darken blue more than red
         tinted = c["teeth"] * shade[..., None] ** np.array([1.0, 1.2, 1.45], np.float32)
         out += teeth_alpha[..., None] * (tinted - out)
@@ -311,6 +327,25 @@ def synthesise_mouth(mouth: SourceMouth, u: np.ndarray, a: np.ndarray, b: np.nda
     xs = (np.arange(x0, x0 + out.shape[1]) % GRAIN_TILE)[None, :]
     out += tile[ys, xs][..., None]
     return np.clip(out, 0, 1).astype(np.float32)
+
+
+def _tongue(out: np.ndarray, color: np.ndarray, s: np.ndarray, b: np.ndarray, gap: np.ndarray,
+            rel_gap: np.ndarray, corner: np.ndarray, cfg: FrozenDict) -> np.ndarray:
+    """The tongue over the cavity: a dome on the floor of the mouth, as high as `cfg.tongue_height` × the gap."""
+    top = cfg.tongue_height * gap * np.clip(1 - (s / TONGUE_HALF_WIDTH) ** 2, 0, 1) ** 0.8
+    top *= smoothstep((rel_gap - cfg.tongue_opening) / 0.15)
+    if top.max() < 0.5:
+        return out
+    height = b / np.maximum(top, 1e-3)  # 0 at the lower lip, 1 at the tongue's top edge
+    # its front is shaded by the lower lip and teeth, its upper surface lit from above, and its top edge turns
+    # away from the light into the dark behind it; its sides curve down into the cheeks' shadow
+    shade = 0.42 + 0.43 * smoothstep(height / 0.75) - 0.2 * smoothstep((height - 0.8) / 0.2)
+    shade *= (1 - 0.4 * (s / TONGUE_HALF_WIDTH) ** 2).clip(0, 1) * (1 - 0.5 * corner)
+    shade *= 1 - 0.15 * np.exp(-((s / 0.05) ** 2)) * smoothstep((height - 0.3) / 0.4)  # the groove down its middle
+    # its top edge soft over a fifth of its height: wider, lighter and edged over one pixel, the landmarker took
+    # the tongue for part of the lower lip
+    alpha = smoothstep((top - b) / np.maximum(0.2 * top, 0.75)) * (top > 0.3)
+    return out + alpha[..., None] * (color * shade[..., None] - out)
 
 
 def tooth_pattern(edge: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

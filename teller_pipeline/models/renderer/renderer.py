@@ -63,8 +63,9 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
         # mouth interior: as dark as a real one (the cavity of obama_speaking.jpg is 0.04-0.1 × its skin's luma);
         # a lit, lip-red front and tongue (0.38 and 0.47 × skin) were taken for lip by the face landmarker,
         # which then read openings of 1-1.5 cm 1-2 mm smaller than they are
-        cavity_front_rgb: tuple[float, float, float] = (0.09, 0.03, 0.027),
-        cavity_back_rgb: tuple[float, float, float] = (0.07, 0.022, 0.02),
+        cavity_front_rgb: tuple[float, float, float] = (0.12, 0.065, 0.06),  # toward the corners, not lip-red
+        cavity_back_rgb: tuple[float, float, float] = (0.05, 0.016, 0.015),  # the middle of the opening
+        cavity_depth: float = 0.55,  # the back's colour holds out to this radius of the opening's ellipse
         tongue_rgb: tuple[float, float, float] = (0.25, 0.1, 0.09),
         teeth_rgb: tuple[float, float, float] = (0.95, 0.91, 0.82),
         teeth_brightness: float = 1.1,  # synthesised teeth luma relative to the face's bright skin
