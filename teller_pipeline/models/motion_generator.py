@@ -10,6 +10,12 @@ tokens (0, 1), the embedded pair (0, 1) predicts (2, 3), and so on. The backbone
 (random init, like the paper), run with a KV cache; the context is bounded (`max_context_slices`) by
 re-encoding the most recent slices when it fills up, so memory and time per slice stay constant however long
 the speech is. Training sees the same bounded windows (random crops starting at the prefix).
+
+Training runs `Qwen2Model`'s own forward. Generation feeds the same weights through `qwen2_inference`, the same
+computation written out over a KV cache preallocated for the bounded context: each step feeds 1 to 6 tokens, and on
+steps that small Qwen2Model's forward spends most of its time in Python (masks, the cache object, rotary
+bookkeeping) rather than in arithmetic. Its hidden states and sampled codes are Qwen2Model's
+(tests/test_generator_inference.py), in about half the time per slice (see `qwen2_inference`).
 """
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ from transformers import Qwen2Model
 
 
 class StaticKVCache:
-    """Rotated keys and values of the first `length` positions of one sequence, for every layer, in tensors of a
-    fixed `capacity`; with the rotary cos/sin table and causal mask of those positions."""
+    """One sequence's cache: rotated keys and values of its first `length` positions, for every layer, in tensors of
+    a fixed `capacity`; and what every step reuses: the rotary cos/sin table and causal mask of those positions,
+    and each layer's q/k/v weights in one matrix."""
 
     def __init__(self, backbone: Qwen2Model, capacity: int) -> None:
         config = backbone.config
@@ -42,12 +43,21 @@ class StaticKVCache:
         self.cos = (torch.cat([cos, cos], -1) * rotary.attention_scaling).to(weight.dtype)
         self.sin = (torch.cat([-sin, sin], -1) * rotary.attention_scaling).to(weight.dtype)
         self.causal = torch.ones(capacity, capacity, device=weight.device, dtype=torch.bool).tril()
+        # q, k and v in one matrix product per layer (on these small steps each call's overhead counts), and k with
+        # q in one rotation. Copies of the weights as they are when the cache is made, once per session.
+        self.qkv = [
+            (torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
+             torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]))
+            for a in (layer.self_attn for layer in backbone.layers)
+        ]
         self.capacity = capacity
         self.length = 0
 
 
 def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     """`Qwen2RMSNorm`: normalised in float32, scaled in the input's dtype."""
+    if x.dtype == torch.float32:  # one call, the same numbers
+        return torch.rms_norm(x, x.shape[-1:], norm.weight, norm.variance_epsilon)
     return norm.weight * F.rms_norm(x.float(), x.shape[-1:], eps=norm.variance_epsilon).to(x.dtype)
 
 
@@ -67,18 +77,16 @@ def forward_with_cache(backbone: Qwen2Model, cache: StaticKVCache, embeddings: t
     # Position start + i sees positions up to its own; a single new token sees everything, no mask needed.
     mask = cache.causal[start:end, :end] if n > 1 else None
     x = embeddings
-    for layer, keys, values in zip(backbone.layers, cache.keys, cache.values, strict=True):
+    heads, kv_heads = backbone.config.num_attention_heads, backbone.config.num_key_value_heads
+    for layer, keys, values, qkv in zip(backbone.layers, cache.keys, cache.values, cache.qkv, strict=True):
         attention, mlp = layer.self_attn, layer.mlp
         h = _rms_norm(x, layer.input_layernorm)
-        q = F.linear(h, attention.q_proj.weight, attention.q_proj.bias).view(1, n, -1, attention.head_dim)
-        k = F.linear(h, attention.k_proj.weight, attention.k_proj.bias).view(1, n, -1, attention.head_dim)
-        v = F.linear(h, attention.v_proj.weight, attention.v_proj.bias).view(1, n, -1, attention.head_dim)
-        keys.narrow(2, start, n).copy_(_rotate(k.transpose(1, 2), cos, sin))
-        values.narrow(2, start, n).copy_(v.transpose(1, 2))
-        out = F.scaled_dot_product_attention(
-            _rotate(q.transpose(1, 2), cos, sin), keys[:, :, :end], values[:, :, :end], attn_mask=mask,
-            scale=attention.scaling, enable_gqa=True,
-        )
+        projected = F.linear(h, *qkv).view(1, n, -1, attention.head_dim).transpose(1, 2)  # (1, H + 2 KV, n, hd)
+        q, k = _rotate(projected[:, : heads + kv_heads], cos, sin).split([heads, kv_heads], 1)
+        keys.narrow(2, start, n).copy_(k)
+        values.narrow(2, start, n).copy_(projected[:, heads + kv_heads :])
+        out = F.scaled_dot_product_attention(q, keys.narrow(2, 0, end), values.narrow(2, 0, end), attn_mask=mask,
+                                             scale=attention.scaling, enable_gqa=True)
         x = x + F.linear(out.transpose(1, 2).reshape(1, n, -1), attention.o_proj.weight, attention.o_proj.bias)
         h = _rms_norm(x, layer.post_attention_layernorm)
         x = x + F.linear(F.silu(F.linear(h, mlp.gate_proj.weight)) * F.linear(h, mlp.up_proj.weight),
