@@ -16,9 +16,9 @@ computation written out over a KV cache preallocated for the bounded context: ea
 steps that small Qwen2Model's forward spends most of its time in Python (masks, the cache object, rotary
 bookkeeping) rather than in arithmetic. Its hidden states and sampled codes are Qwen2Model's, bit for bit on this
 machine (tests/test_generator_inference.py), in about two thirds of the time: the generator stage of
-`python -m teller_recipe.benchmark.benchmark --repeats 1` went from 5.0-5.3 to 3.3-3.6 ms per frame (15-18 ms per
-slice, 2 shared cores at load 2-4). What is left is mostly the arithmetic: the backbone's 12.6 MB of weights read
-four times per slice, and every eighth slice a re-encoding of 73 positions.
+`python -m teller_recipe.benchmark.benchmark --repeats 1` went from 5.0-5.3 to 3.3-3.6 ms per frame (25-27 to
+17-18 ms per slice; 2 shared cores at load 2-4). What is left is mostly arithmetic: the backbone's 12.6 MB of
+weights read four times per slice, and every eighth slice a re-encoding of 73 positions.
 """
 
 from __future__ import annotations
