@@ -10,6 +10,15 @@ tokens (0, 1), the embedded pair (0, 1) predicts (2, 3), and so on. The backbone
 (random init, like the paper), run with a KV cache; the context is bounded (`max_context_slices`) by
 re-encoding the most recent slices when it fills up, so memory and time per slice stay constant however long
 the speech is. Training sees the same bounded windows (random crops starting at the prefix).
+
+Training runs `Qwen2Model`'s own forward. Generation feeds the same weights through `qwen2_inference`, the same
+computation written out over a KV cache preallocated for the bounded context: each step feeds 1 to 6 tokens, and on
+steps that small Qwen2Model's forward spends most of its time in Python (masks, the cache object, rotary
+bookkeeping) rather than in arithmetic. Its hidden states and sampled codes are Qwen2Model's, bit for bit on this
+machine (tests/test_generator_inference.py), in about two thirds of the time: the generator stage of
+`python -m teller_recipe.benchmark.benchmark --repeats 1` went from 5.0-5.3 to 3.3-3.6 ms per frame (25-27 to
+17-18 ms per slice; 2 shared cores at load 2-4). What is left is mostly arithmetic: the backbone's 12.6 MB of
+weights read four times per slice, and every eighth slice a re-encoding of 73 positions.
 """
 
 from __future__ import annotations
@@ -18,12 +27,14 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
-from transformers import DynamicCache, Qwen2Config, Qwen2Model
+from transformers import Qwen2Config, Qwen2Model
 
 from ..rig import NUM_KEYPOINTS
+from .qwen2_inference import StaticKVCache, forward_with_cache
 
 IDENTITY_RANGE_QUANTILE = 0.05  # identity priors are clamped to the training faces' 5th…95th percentile
 
@@ -45,9 +56,8 @@ class GeneratorState:
     """Per-session generation state: KV cache, pending inputs and the recent slices (for re-encoding)."""
 
     prefix: torch.Tensor  # (1, P, D) identity-prior embeddings
-    cache: DynamicCache | None = None
+    cache: StaticKVCache | None = None  # allocated by the first slice, refilled by every re-encoding
     pending: torch.Tensor | None = None  # embeddings not yet fed (the last pair of the previous slice)
-    length: int = 0  # positions in the cache
     slices_in_context: int = 0
     history: deque = field(default_factory=deque)  # (audio (10, 512), codes (Q,)) of recent slices
 
@@ -169,13 +179,14 @@ class MotionGenerator(ModelMixin, ConfigMixin):
 
     def _logits(self, hidden: torch.Tensor, step: int | None = None) -> torch.Tensor:
         """Hidden states → logits of the tokens they predict, (…, steps, 2, C) or (…, 2, C) for one step."""
-        logits = self.head(hidden).unflatten(-1, (self.config.num_quantizers, self.config.codebook_size))
-        if step is None:  # hidden (..., steps, D): step j predicts levels 2j, 2j+1
-            steps = logits.reshape(*logits.shape[:-3], self.steps_per_slice, self.steps_per_slice,
-                                   self.config.tokens_per_step, -1)
-            return steps.diagonal(dim1=-4, dim2=-3).movedim(-1, -3)
-        k = self.config.tokens_per_step
-        return logits[..., step * k : (step + 1) * k, :]
+        k, c = self.config.tokens_per_step, self.config.codebook_size
+        if step is not None:  # only the head's rows of this step's levels: a quarter of its work
+            rows = slice(step * k * c, (step + 1) * k * c)
+            return F.linear(hidden, self.head.weight[rows], self.head.bias[rows]).unflatten(-1, (k, c))
+        # hidden (..., steps, D): step j predicts levels 2j, 2j+1
+        logits = self.head(hidden).unflatten(-1, (self.config.num_quantizers, c))
+        steps = logits.reshape(*logits.shape[:-3], self.steps_per_slice, self.steps_per_slice, k, -1)
+        return steps.diagonal(dim1=-4, dim2=-3).movedim(-1, -3)
 
     # ---------------------------------------------------------------- training
     def forward(self, identity_prior: torch.Tensor, audio: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -197,21 +208,23 @@ class MotionGenerator(ModelMixin, ConfigMixin):
         """A fresh state for one source face; `identity_prior` is (1, 21, 3)."""
         return GeneratorState(prefix=self.embed_prefix(identity_prior))
 
+    def context_capacity(self, prefix_length: int) -> int:
+        """Positions the bounded context can reach: the prefix and `max_context_slices` whole slices."""
+        per_slice = self.config.audio_tokens_per_slice + self.steps_per_slice
+        return prefix_length + self.config.max_context_slices * per_slice
+
     def _feed(self, state: GeneratorState, embeddings: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(state.length, state.length + embeddings.shape[1], device=embeddings.device)[None]
-        out = self.backbone(
-            inputs_embeds=embeddings, past_key_values=state.cache, use_cache=True, position_ids=positions
-        )
-        state.length += embeddings.shape[1]
-        return out.last_hidden_state[:, -1]
+        """The last hidden state (1, D) of `embeddings` (1, n, D), fed after what the cache holds."""
+        return forward_with_cache(self.backbone, state.cache, embeddings)[:, -1]
 
     def _reencode(self, state: GeneratorState) -> None:
         """Restart the cache from the prefix and the most recent slices (bounded context)."""
         keep = max(1, self.config.max_context_slices // 2)
         while len(state.history) > keep:
             state.history.popleft()
-        state.cache = DynamicCache(config=self.backbone.config)
-        state.length = 0
+        if state.cache is None:
+            state.cache = StaticKVCache(self.backbone, self.context_capacity(state.prefix.shape[1]))
+        state.cache.length = 0
         parts = [state.prefix]
         if state.history:
             audio = torch.stack([a for a, _ in state.history])[None]
