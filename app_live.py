@@ -72,6 +72,14 @@ LIVE_LOOKAHEAD_HEARD_SECONDS = 0.1
 BEHIND_SECONDS = 0.3
 CAUGHT_UP_SECONDS = 0.2
 REDUCED_MIN_SECONDS = 3.0
+# A session further behind than this SKIP_AFTER_SECONDS after it reduced its frame rate (a machine with far less
+# CPU than the session needs) skips: the oldest speech waiting is not animated (`TellerSession.skip`: the face holds
+# still over it, the voice plays on) until the session is BEHIND_SECONDS behind, so the delay stays bounded instead
+# of growing for the rest of the session. Beside a busy process on this machine (2026-12-02, 7 runs) it kept the
+# video 1.2-1.8 s behind the speech (median; max 2.1-3.0 s) where it grew to 2.4-4.1 s (max 4-7 s), holding 2.2-4.8 s
+# of ~13 s (`pytest -s tests/test_app_browser.py -k busy_process`).
+SKIP_BEHIND_SECONDS = 0.8
+SKIP_AFTER_SECONDS = 1.0
 # Batches of frames the model may make ahead of the encoder and the page.
 BATCHES_AHEAD = 2
 
@@ -461,7 +469,8 @@ def live_frames(
     heard = session.heard_samples / SAMPLE_RATE
     voice = VoiceTrack()
     deadline = time.monotonic() + seconds
-    reduced_since = None  # when the frame rate was reduced
+    reduced_since = None  # when the session was last behind with its frame rate reduced
+    reduced_from = None  # when it reduced its frame rate
     ended = False
     while not ended:
         left = deadline - time.monotonic()
@@ -480,10 +489,15 @@ def live_frames(
         behind = session.samples_received / SAMPLE_RATE + waiting - heard - session.frames_emitted / FPS
         now = time.monotonic()
         if behind > BEHIND_SECONDS:
+            reduced_from = reduced_from or now
             reduced_since = now
         elif reduced_since is not None and behind < CAUGHT_UP_SECONDS and now - reduced_since > REDUCED_MIN_SECONDS:
-            reduced_since = None
+            reduced_since = reduced_from = None
         session.frame_step = 1 if reduced_since is None else 2
+        # Seconds of the speech waiting not to animate: only once the reduced frame rate has had a second to catch
+        # up (the speech heard while the session started is all animated).
+        too_far = behind > SKIP_BEHIND_SECONDS and reduced_from is not None and now - reduced_from >= SKIP_AFTER_SECONDS
+        skip = behind - BEHIND_SECONDS if too_far else 0.0
         frames: list[np.ndarray] = []
         for chunk in batch:
             if chunk is None:
@@ -491,7 +505,11 @@ def live_frames(
                 break
             rate, samples = chunk
             try:
-                frames += session.push(samples, rate)
+                if skip > 0:
+                    frames += session.skip(samples, rate)
+                    skip -= len(samples) / rate
+                else:
+                    frames += session.push(samples, rate)
             except AudioError as error:  # a broken chunk (NaN samples, a bad rate): dropped, the session goes on
                 logger.warning("live: a microphone chunk was dropped: %s", error)
                 continue

@@ -211,6 +211,7 @@ class TellerSession:
                              f"{gen_config.audio_lookahead_seconds:g} s, got {heard!r}")
         self.heard_samples = int(round(heard * SAMPLE_RATE))
         self.frame_step = 1
+        self.last_frame: np.ndarray | None = None  # the newest frame made (what `skip` repeats)
         self.resampler = StreamingResampler()
         generator_model = pipeline.motion_generator
         # Tokens are drawn where the generator's probabilities are: torch samples only with a generator on that
@@ -248,6 +249,28 @@ class TellerSession:
             raise ValueError(f"the speech is longer than the limit of {self.pipe.max_audio_seconds:g} s")
         self._append(audio)
         return self._render_ready_slices(final=False)
+
+    def skip(self, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> list[np.ndarray]:
+        """Like `push`, but the slices this chunk completes are not animated: their frames are the last frame
+        again (the same array), at no cost. A live server that fell far behind the speech catches up at once this
+        way; the face holds still over that audio and the video keeps its length. The next slices pushed are
+        generated as usual, from the model's state before the skipped ones. Before any frame exists it is `push`."""
+        if self.last_frame is None:
+            return self.push(samples, sample_rate)
+        if self.finished:
+            raise RuntimeError("this session has finished; start a new one")
+        audio = self.resampler.push(samples, sample_rate)
+        max_samples = self.pipe.max_audio_seconds * SAMPLE_RATE
+        if self.pipe.max_audio_seconds and self.samples_received + len(audio) > max_samples:
+            raise ValueError(f"the speech is longer than the limit of {self.pipe.max_audio_seconds:g} s")
+        self._append(audio)
+        frames: list[np.ndarray] = []
+        for _ in range(self._slices_ready(final=False)):
+            self._window((self.next_slice + 1) * SLICE_SAMPLES)  # forgets the audio no window needs any more
+            self.next_slice += 1
+            frames += [self.last_frame] * FRAMES_PER_SLICE
+        self.frames_emitted += len(frames)
+        return frames
 
     def push_16k(self, audio: np.ndarray) -> list[np.ndarray]:
         """Like `push` for audio already 16 kHz mono float32 (skips the resampler)."""
@@ -358,6 +381,7 @@ class TellerSession:
         step = max(1, int(self.frame_step))
         rendered = _render_all(pipe.renderer, self.source.render_state, landmarks[::step])
         frames = [rendered[i // step] for i in range(len(landmarks))]
+        self.last_frame = frames[-1]
         self._tick("renderer", t)
         self.frames_emitted += len(frames)
         return frames

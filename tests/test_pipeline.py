@@ -292,6 +292,20 @@ def test_a_session_rendering_every_other_frame_repeats_them_and_keeps_the_motion
         assert np.array_equal(frame, every_frame[rendered])
 
 
+def test_a_session_far_behind_skips_speech_holding_the_last_frame_and_goes_on(pipe, speech):
+    # A live server that fell seconds behind: the oldest speech waiting is skipped at no cost, the face holds still
+    # over it, the video keeps its length, and the speech after it moves the mouth again.
+    source = pipe.prepare_source(ASTRONAUT, max_size=256)
+    session = pipe.start_session(source)
+    first = session.push_16k(speech[:8000])  # 0.5 s: one slice generated (the next waits for its lookahead)
+    skipped = session.skip(speech[8000:24000])  # 1 s more: its slices are not animated
+    assert len(first) == 5 and len(skipped) == 25
+    assert all(frame is first[-1] for frame in skipped)
+    after = session.push_16k(speech[24000:40000]) + session.finish()
+    assert len(first) + len(skipped) + len(after) == session.total_frames == 62  # 2.5 s, as without skipping
+    assert max(np.abs(frame.astype(np.int16) - first[-1]).max() for frame in after) > 30  # the face moves again
+
+
 def test_frames_made_ahead_of_the_encoder_come_in_order_raise_errors_and_stop_with_their_caller():
     import threading
 
