@@ -241,13 +241,7 @@ class TellerSession:
     # ------------------------------------------------------------------ audio in
     def push(self, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> list[np.ndarray]:
         """Add an audio chunk (any length, rate, channels, int or float); return the frames now ready."""
-        if self.finished:
-            raise RuntimeError("this session has finished; start a new one")
-        audio = self.resampler.push(samples, sample_rate)
-        max_samples = self.pipe.max_audio_seconds * SAMPLE_RATE
-        if self.pipe.max_audio_seconds and self.samples_received + len(audio) > max_samples:
-            raise ValueError(f"the speech is longer than the limit of {self.pipe.max_audio_seconds:g} s")
-        self._append(audio)
+        self._hear(samples, sample_rate)
         return self._render_ready_slices(final=False)
 
     def skip(self, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> list[np.ndarray]:
@@ -257,13 +251,7 @@ class TellerSession:
         generated as usual, from the model's state before the skipped ones. Before any frame exists it is `push`."""
         if self.last_frame is None:
             return self.push(samples, sample_rate)
-        if self.finished:
-            raise RuntimeError("this session has finished; start a new one")
-        audio = self.resampler.push(samples, sample_rate)
-        max_samples = self.pipe.max_audio_seconds * SAMPLE_RATE
-        if self.pipe.max_audio_seconds and self.samples_received + len(audio) > max_samples:
-            raise ValueError(f"the speech is longer than the limit of {self.pipe.max_audio_seconds:g} s")
-        self._append(audio)
+        self._hear(samples, sample_rate)
         frames: list[np.ndarray] = []
         for _ in range(self._slices_ready(final=False)):
             self._window((self.next_slice + 1) * SLICE_SAMPLES)  # forgets the audio no window needs any more
@@ -289,6 +277,16 @@ class TellerSession:
         self._append(self.resampler.flush())
         self.finished = True
         return self._render_ready_slices(final=True)
+
+    def _hear(self, samples: np.ndarray, sample_rate: int) -> None:
+        """Resample a chunk and keep it, within the pipeline's speech limit."""
+        if self.finished:
+            raise RuntimeError("this session has finished; start a new one")
+        audio = self.resampler.push(samples, sample_rate)
+        max_samples = self.pipe.max_audio_seconds * SAMPLE_RATE
+        if self.pipe.max_audio_seconds and self.samples_received + len(audio) > max_samples:
+            raise ValueError(f"the speech is longer than the limit of {self.pipe.max_audio_seconds:g} s")
+        self._append(audio)
 
     def _append(self, audio: np.ndarray) -> None:
         if len(audio):

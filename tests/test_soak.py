@@ -66,7 +66,12 @@ LINE_IS_FREE = "Your turn: press Record and speak."
 # as the browser did), when the microphone opened, the microphone's messages to the server and when the video first
 # played.
 WATCH_THE_PLAYER = r"""
-window.__soak = {stream: [], mic: null, play: null, sent: 0};
+window.__soak = {stream: [], mic: null, play: null, sent: 0, stop: null};
+// When the microphone's Stop was clicked (on a busy machine Playwright's click lands a while after it was asked for).
+document.addEventListener('click', (event) => {
+  const stop = event.target.closest && event.target.closest('#live-mic button.stop-button');
+  if (stop) window.__soak.stop = performance.now();
+}, true);
 // The page sends the voice as binary messages on its microphone WebSocket, one every 0.05 s: count them.
 const send = WebSocket.prototype.send;
 WebSocket.prototype.send = function (data) {
@@ -234,7 +239,6 @@ async def speaker(browser, soak: Soak, who: str, rng: random.Random, probe_folde
         await _pick_portrait(page, rng.randrange(2))
         await _record_on_my_turn(page, soak)
         await _watch_until(page, talk)
-        stop_at = await page.evaluate("() => performance.now()")
         await page.get_by_role("button", name="Stop").click()
         stopped = time.monotonic()
         await page.wait_for_function(f"() => {VIDEO}.ended", timeout=120_000)
@@ -252,7 +256,7 @@ async def speaker(browser, soak: Soak, who: str, rng: random.Random, probe_folde
         file.write(stream)
         file.flush()
         info = probe_media(file.name)
-    recorded = (stop_at - marks["mic"]) / 1000
+    recorded = (marks["stop"] - marks["mic"]) / 1000
     video, voice = info["video_duration"] or 0.0, info["audio_duration"] or 0.0
     soak.live_lengths.append((recorded, video, voice, marks["sent"]))
     if (info["video_codec"], info["audio_codec"]) != ("h264", "aac") or not info["video_pts_increasing"]:

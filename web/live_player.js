@@ -224,11 +224,13 @@ function startCapture() {
   const context = new AudioContext({ latencyHint: "interactive" });
   const current = (capture = { socket, context, stream: null, node: null, send });
   send(JSON.stringify({ rate: context.sampleRate }));
-  navigator.mediaDevices
-    .getUserMedia({ audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true } })
-    .then(async (stream) => {
-      current.stream = stream;
-      await context.audioWorklet.addModule(processorUrl);
+  // The microphone and the recording code load side by side: on a busy machine each takes a good part of a second.
+  const microphone = navigator.mediaDevices.getUserMedia({
+    audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true },
+  });
+  microphone.then((stream) => (current.stream = stream), () => {}); // its tracks are stopped however it ends
+  Promise.all([microphone, context.audioWorklet.addModule(processorUrl)])
+    .then(([stream]) => {
       if (capture !== current) return; // stopped meanwhile
       const size = Math.round(SEND_EVERY_SECONDS * context.sampleRate);
       current.node = new AudioWorkletNode(context, "teller-capture", { processorOptions: { size } });
