@@ -680,6 +680,13 @@ class LiveServer:
             self._microphones_open[key] = self._microphones_open.get(key, 0) + 1
         rate, waiting, fed = None, [], None
         opened, received = time.monotonic(), 0.0  # seconds of speech taken from the stream
+        warned = set()
+
+        def drop(problem: str) -> None:  # logged once per stream: a hostile page cannot flood the log
+            if problem not in warned:
+                warned.add(problem)
+                logger.warning("live %s: %s (dropped; further ones are not logged)", key[:8], problem)
+
         try:
             while True:
                 message = await websocket.receive()
@@ -688,12 +695,11 @@ class LiveServer:
                 if message.get("bytes") is not None:
                     data = message["bytes"]
                     if rate is None or not data or len(data) % 2:
-                        logger.warning("live %s: a microphone message was not 16-bit samples at a known rate "
-                                       "(dropped)", key[:8])
+                        drop("a microphone message was not 16-bit samples at a known rate")
                         continue
                     seconds = len(data) / 2 / rate
                     if received + seconds > time.monotonic() - opened + MICROPHONE_AHEAD_SECONDS:
-                        logger.warning("live %s: the microphone stream ran ahead of time (dropped)", key[:8])
+                        drop("the microphone stream ran ahead of time")
                         continue
                     received += seconds
                     waiting.append((rate, np.frombuffer(data, "<i2")))
@@ -705,7 +711,7 @@ class LiveServer:
                 except ValueError:
                     header = None
                 if not isinstance(header, dict):
-                    logger.warning("live %s: a microphone message was not understood (dropped)", key[:8])
+                    drop("a microphone message was not understood")
                 elif header.get("end"):
                     await websocket.close()  # all of it was taken: the page may go
                     break
@@ -713,7 +719,7 @@ class LiveServer:
                         MICROPHONE_RATES[0] <= header["rate"] <= MICROPHONE_RATES[1]:
                     rate = int(header["rate"])
                 else:
-                    logger.warning("live %s: a microphone rate of %r was refused", key[:8], header.get("rate"))
+                    drop(f"a microphone rate of {header.get('rate')!r:.20} was refused")
         except WebSocketDisconnect:
             pass
         finally:
