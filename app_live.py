@@ -86,7 +86,7 @@ BATCHES_AHEAD = 2
 # The page's own microphone capture sends the voice here, over a WebSocket, in order and as it is recorded, rather
 # than through Gradio's streaming microphone: Gradio 6.31's /stream/{event_id} route keeps one pending chunk per
 # stream, and one that arrives before the server took the last replaces it (2-9 of ~120 chunks were lost beside a
-# busy process, tests/test_app_browser.py). `{token}` is the visitor's own (`microphone_token`).
+# busy process, tests/test_app_browser.py). `{token}` is the visitor's own (`microphone_address`).
 MICROPHONE_ROUTE = "/teller/microphone/{token}"
 # Speech heard before the session is listening (the Record event's round trip through Gradio's queue, the portrait
 # analysed) is kept this long, and handed over when it starts.
@@ -737,17 +737,12 @@ class LiveServer:
         """Hand the waiting chunks to the visitor's running session, oldest first; what no session takes yet is
         kept, up to `EARLY_SPEECH_SECONDS`. The queue that took them, if any."""
         fed = None
-        while waiting and self.sessions.running(key) is not None and self.sessions.push(key, waiting[0]):
-            fed = fed or self.sessions.running(key)
+        while waiting and (chunks := self.sessions.running(key)) is not None and self.sessions.push(key, waiting[0]):
+            fed = chunks
             waiting.pop(0)
         while sum(len(samples) / rate for rate, samples in waiting) > EARLY_SPEECH_SECONDS:
             waiting.pop(0)
         return fed
-
-    def hear(self, key: str, chunk: tuple[int, np.ndarray]) -> bool:
-        """One chunk of the visitor's voice, (rate, int16 samples), to their running session: whether one took it
-        (a chunk with no session running is dropped). What the microphone stream does, for callers without one."""
-        return self.sessions.push(key, chunk)
 
     def stop(self, request: gr.Request) -> None:
         """The visitor pressed Stop. Their page's microphone stream ends the speech itself, after its last chunks;

@@ -193,8 +193,8 @@ def test_a_crowd_waits_in_a_bounded_queue(server, client, app, monkeypatch):
 # ---------------------------------------------------------------------------------------------------- Live
 class Visitor:
     """One browser session driving the Live handlers as Gradio would: the record button starts
-    `live.session`, the page's microphone stream hands a chunk to `live.hear` every 0.1 s, the stop button
-    calls `live.stop`."""
+    `live.session`, the page's microphone stream hands a chunk to the visitor's session
+    (`live.sessions.push`) every 0.1 s, the stop button calls `live.stop`."""
 
     def __init__(self, app, name: str, portrait: str, size: int = 256):
         self.app, self.portrait, self.size = app, portrait, size
@@ -210,7 +210,7 @@ class Visitor:
             assert time.monotonic() < deadline, "the session never started listening"
             time.sleep(0.01)
         for start in range(0, len(samples), CHUNK):
-            self.app.live.hear(self.request.session_hash, (MIC_RATE, samples[start : start + CHUNK]))
+            self.app.live.sessions.push(self.request.session_hash, (MIC_RATE, samples[start : start + CHUNK]))
             time.sleep(pace)
         if stop:
             self.app.live.stop(self.request)
@@ -359,7 +359,7 @@ def test_live_bad_portrait_is_a_plain_error(app, no_face, tmp_path, mic_speech):
     assert isinstance(visitor.error, gr.Error) and "No face" in visitor.error.message
     assert not app.live.sessions.is_live("live-bad")
     # Chunks from a visitor with no running session (queued, or after an error) are dropped quietly.
-    app.live.hear(request.session_hash, (MIC_RATE, mic_speech[:CHUNK]))
+    app.live.sessions.push(request.session_hash, (MIC_RATE, mic_speech[:CHUNK]))
 
 
 def test_portrait_is_analysed_once_per_visitor(app, mic_speech, monkeypatch):

@@ -116,7 +116,7 @@ def live():
         while not app.live.sessions.is_live("zero-gpu"):
             time.sleep(0.01)
         for start in range(0, len(speech), 1600):
-            app.live.hear("zero-gpu", (16000, (speech[start : start + 1600] * 32767).astype(np.int16)))
+            app.live.sessions.push("zero-gpu", (16000, (speech[start : start + 1600] * 32767).astype(np.int16)))
         app.live.stop(request)
     talker = threading.Thread(target=speak, daemon=True)
     talker.start()

@@ -26,9 +26,12 @@ class StaticKVCache:
         config = backbone.config
         # What this forward implements; anything else must go through `Qwen2Model` itself.
         if set(config.layer_types) != {"full_attention"}:
-            raise NotImplementedError("sliding-window attention layers")
+            raise NotImplementedError("the generator's inference forward has no sliding-window attention layers; "
+                                      "this backbone config asks for them")
         if config.rope_parameters["rope_type"] != "default" or config.hidden_act != "silu":
-            raise NotImplementedError(f"rope {config.rope_parameters['rope_type']}, activation {config.hidden_act}")
+            raise NotImplementedError(f"the generator's inference forward implements default rope and SiLU only; this "
+                                      f"backbone config asks for rope {config.rope_parameters['rope_type']!r} and "
+                                      f"activation {config.hidden_act!r}")
         attention = backbone.layers[0].self_attn
         weight = backbone.norm.weight
         shape = (1, config.num_key_value_heads, capacity, attention.head_dim)
