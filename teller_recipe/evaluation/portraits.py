@@ -52,7 +52,7 @@ import torch
 
 from teller_pipeline import rig
 from teller_pipeline.audio import SAMPLE_RATE, load_audio
-from teller_pipeline.motion import ROTATION, matrix_to_axis_angle
+from teller_pipeline.motion import ROTATION, features_to_motion, matrix_to_axis_angle
 from teller_pipeline.streaming import FPS
 from teller_recipe import ROOT
 from teller_recipe.evaluation.evaluate import (
@@ -170,6 +170,12 @@ def decoded_motion(pipe) -> Iterator[Decoded]:
         yield decoded
     finally:
         del pipe.motion_encoder.decode  # back to the class's method
+
+
+def decoded_gap(pipe, source, features: np.ndarray) -> np.ndarray:
+    """The lip gap, per frame, of motion features (T, 69) decoded onto a portrait's landmarks (not rendered)."""
+    landmarks = pipe.motion_encoder.decode(source.face, features_to_motion(torch.from_numpy(features)))
+    return np.array([lip_gap(points) for points in landmarks])
 
 
 def head_statistics(rotations_deg: list[np.ndarray]) -> dict[str, float]:
@@ -350,6 +356,9 @@ def evaluate_portraits(checkpoint: str | Path, corpus: str | Path | None, output
         if "held_out" in groups:  # the corpus' own motion rendered on this portrait and measured the same way
             per_group["corpus_head"] = head_statistics([
                 measure(pipe, source, render_motion(pipe, source, s.motion)).rotation_deg for s in groups["held_out"]])
+            # and its mouth, decoded onto this portrait as the generated motion is: what the model is trained toward
+            per_group["corpus_driven"] = group_metrics([(s, decoded_gap(pipe, source, s.motion), implied[s.name])
+                                                        for s in groups["held_out"]])
         results["portraits"][name] = per_group
         real = per_group["real"]
         reference = per_group.get("corpus_head", {}).get("speed_deg_s", float("nan"))
@@ -396,6 +405,10 @@ def markdown(results: dict) -> str:
                 m = groups[group]
                 lines.append(f"| {name} | {group} | {m['driven_p90']:.3f} | {m['driven_max']:.3f} "
                              f"| {m['driven_ratio']:.3f} | {m['driven_bilabial_ratio']:.3f} |")
+        if "corpus_driven" in groups:
+            m = groups["corpus_driven"]
+            lines.append(f"| {name} | held_out, the corpus' own motion | {m['gap_p90']:.3f} | {m['gap_max']:.3f} "
+                         f"| {m['amplitude_ratio']:.3f} | {m['bilabial_ratio']:.3f} |")
     lines += [""]
     lines += ["| portrait | head speed (deg/s) | corpus, same portrait | ratio | head jitter (deg/frame) "
               "| corpus, same portrait | ratio |", "|---|---|---|---|---|---|---|"]
