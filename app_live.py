@@ -112,7 +112,8 @@ MICROPHONE_AHEAD_SECONDS = EARLY_SPEECH_SECONDS
 VIDEO_ROUTE = "/teller/video/{token}"
 # A page acknowledges the video it has received; one that lets this much go unacknowledged (it stopped reading, or
 # its network is far slower than the video) has its socket closed, and the video goes through Gradio again: the
-# server never holds more than this per page. A 384 px session makes about 0.1 MB of video a second.
+# server never holds more than this per page. A 384 px session makes about 50 kB of video a second (the astronaut,
+# 2026-12-02), so this is some 40 s of it.
 VIDEO_UNREAD_BYTES = 2_000_000
 # Close codes of the video socket: a newer socket of the same page took over (the page does not reconnect then), and
 # the page did not read its video (it reconnects, a while later).
@@ -544,9 +545,10 @@ def live_frames(
 # ------------------------------------------------------------------------------------------- the video socket
 class VideoStream:
     """One open video socket of a page: the session hands chunks over from its own thread (`offer`), the event loop
-    the socket lives on sends them, in order. What is sent and not yet acknowledged by the page is bounded
-    (`VIDEO_UNREAD_BYTES`). `number` is the page's own for this socket: the session's Gradio event names it with
-    each chunk sent here, so the page knows a chunk it has not received went over a socket it has since lost."""
+    the socket lives on sends them, in order. What the page has not acknowledged, and what is not sent yet (a page
+    may acknowledge what it never read), are each bounded (`VIDEO_UNREAD_BYTES`). `number` is the page's own for
+    this socket: the session's Gradio event names it with each chunk sent here, so the page knows a chunk it has not
+    received went over a socket it has since lost."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, number: int) -> None:
         self.number = number
@@ -555,6 +557,7 @@ class VideoStream:
         self._lock = threading.Lock()
         self._unread: deque[int] = deque()  # sizes of the messages offered and not acknowledged, oldest first
         self._unread_bytes = 0
+        self._unsent_bytes = 0
         self._acknowledged = 0  # messages the page said it received
         self._open = True
 
@@ -564,11 +567,12 @@ class VideoStream:
         with self._lock:
             if not self._open:
                 return False
-            if self._unread_bytes + len(message) > VIDEO_UNREAD_BYTES:
+            if max(self._unread_bytes, self._unsent_bytes) + len(message) > VIDEO_UNREAD_BYTES:
                 self._shut(VIDEO_UNREAD)
                 return None
             self._unread.append(len(message))
             self._unread_bytes += len(message)
+            self._unsent_bytes += len(message)
             self._put(message)
             return self._open
 
@@ -601,6 +605,8 @@ class VideoStream:
         with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):  # the page went meanwhile
             while isinstance(item := await self._outbox.get(), bytes):
                 await websocket.send_bytes(item)
+                with self._lock:
+                    self._unsent_bytes -= len(item)
             if item is not None:
                 await websocket.close(code=item)
         self.close(None)
@@ -777,8 +783,9 @@ class LiveServer:
             await websocket.accept()
             sending = asyncio.create_task(stream.send(websocket))
             while (message := await websocket.receive())["type"] != "websocket.disconnect":
-                try:
-                    received = json.loads(message.get("text") or "").get("received")
+                text = message.get("text") or ""
+                try:  # {"received": n} is short: anything longer is not parsed
+                    received = json.loads(text).get("received") if len(text) <= 40 else None
                 except (ValueError, AttributeError):
                     received = None
                 if isinstance(received, int):  # anything else is ignored: the page sends nothing else
