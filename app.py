@@ -35,7 +35,15 @@ from gradio import processing_utils, route_utils
 from gradio.data_classes import ImageData
 from starlette.routing import WebSocketRoute
 
-from app_live import MICROPHONE_ROUTE, FramesAndVoice, LiveServer, limit_malloc_arenas, live_frames, visitor_errors
+from app_live import (
+    MICROPHONE_ROUTE,
+    VIDEO_ROUTE,
+    FramesAndVoice,
+    LiveServer,
+    limit_malloc_arenas,
+    live_frames,
+    visitor_errors,
+)
 from teller_pipeline import HUB_MODEL_ID, TellerPipeline
 from teller_pipeline.audio import SAMPLE_RATE, load_audio
 from teller_pipeline.controls import GenerationControls
@@ -330,7 +338,8 @@ with gr.Blocks(title="Teller: make a portrait speak", delete_cache=(3600, 3600))
                             concurrency_limit=None, api_name=False, show_progress="hidden")
             # The session runs as a step after the record button's event rather than on it: when recording stops,
             # Gradio's page closes every event the microphone triggered and drops their further output, which
-            # would lose the video still being made for the last words.
+            # would lose the video still being made for the last words. Its video goes down the page's own video
+            # socket (see app_live.VIDEO_ROUTE); the event's values number the chunks, or carry them without one.
             mic.start_recording(None, None, None, api_name=False, show_progress="hidden").then(
                 live.session,
                 [live_portrait, live_head, live_expression, live_blinks, live_size],
@@ -352,7 +361,8 @@ def launch_options() -> dict:
     lifespan, which runs once per instance), so a second launch in one process would fail with the first's."""
     return dict(theme=gr.themes.Soft(), allowed_paths=[str(EXAMPLES)], mcp_server=MCP_SERVER,
                 max_file_size=MAX_UPLOAD_SIZE,
-                app_kwargs=dict(routes=[WebSocketRoute(MICROPHONE_ROUTE, live.microphone)]))
+                app_kwargs=dict(routes=[WebSocketRoute(MICROPHONE_ROUTE, live.microphone),
+                                        WebSocketRoute(VIDEO_ROUTE, live.video)]))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """The Live tab's serving, and the plain-language errors both tabs show.
 
 A `LiveServer` runs one streaming session of the pipeline per visitor: the record button starts `session`, which
-yields the talking portrait as one fragmented MP4 (H.264 + AAC) in chunks for the page's player
-(`web/live_player.js`); the page sends the visitor's voice over a WebSocket of its own (`microphone`, at
-`MICROPHONE_ROUTE`), and the end of that stream, the visitor leaving or the time limit ends the session. The frames
-themselves come from `live_frames`, the session's one GPU call, which `app.py` wraps with `spaces.GPU`.
+makes the talking portrait as one fragmented MP4 (H.264 + AAC) in chunks for the page's player
+(`web/live_player.js`). The page has two WebSockets of its own: it sends the visitor's voice over one (`microphone`,
+at `MICROPHONE_ROUTE`), and the video comes down the other (`video`, at `VIDEO_ROUTE`), or through the session's
+Gradio event where that socket is not open. The end of the voice's stream, the visitor leaving or the time limit
+ends the session. The frames themselves come from `live_frames`, the session's one GPU call, which `app.py` wraps
+with `spaces.GPU`.
 Sessions run a few at a time: `LiveLine` keeps the others waiting in arrival order, and `follow_line` tells each
 visitor their place and switches their microphone on when their turn comes.
 """
@@ -24,7 +26,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -100,6 +102,24 @@ MICROPHONE_RATES = (8000, 192000)
 # it opened (the page's own buffering at most, EARLY_SPEECH_SECONDS) is not a microphone, and what runs ahead is
 # dropped, so a hostile page cannot hand a session minutes of audio to render.
 MICROPHONE_AHEAD_SECONDS = EARLY_SPEECH_SECONDS
+
+# The live video goes down to the page over a WebSocket of its own, opened when the page gets its address and kept
+# for the page's life, rather than as the values of the session's Gradio event: beside a busy process a chunk
+# reached the player 0.01-0.06 s after it was handed over (median of each run; at most 0.09-0.29 s) this way, and
+# 0.04-0.09 s (at most 0.10-0.64 s) base64-encoded through Gradio's queue and event stream (10 runs each, 2026-12-02,
+# `pytest -s tests/test_app_browser.py -k "busy_process and starts_soon"`). The session's event still runs the
+# session (Stop, limits, errors, the line) and tells the page each chunk's number, and carries the chunk itself
+# while no video socket is open (`LiveServer.video`). `{token}` is the page's own, the microphone's (`page_token`).
+VIDEO_ROUTE = "/teller/video/{token}"
+# A page acknowledges the video it has received; one that lets this much go unacknowledged (it stopped reading, or
+# its network is far slower than the video) has its socket closed, and the video goes through Gradio again: the
+# server never holds more than this per page. A 384 px session makes about 50 kB of video a second (the astronaut,
+# 2026-12-02), so this is some 40 s of it.
+VIDEO_UNREAD_BYTES = 2_000_000
+# Close codes of the video socket: a newer socket of the same page took over (the page does not reconnect then), and
+# the page did not read its video (it reconnects, a while later).
+VIDEO_REPLACED = 4001
+VIDEO_UNREAD = 1013  # "try again later"
 
 
 class FramesAndVoice(NamedTuple):
@@ -523,6 +543,84 @@ def live_frames(
         f"{stage} {ms / max(session.frames_emitted, 1):.1f}" for stage, ms in session.timings_ms.items()))
 
 
+# ------------------------------------------------------------------------------------------- the video socket
+class VideoStream:
+    """One open video socket of a page: the session hands chunks over from its own thread (`offer`), the event loop
+    the socket lives on sends them, in order. What the page has not acknowledged, and what is not sent yet (a page
+    may acknowledge what it never read), are each bounded (`VIDEO_UNREAD_BYTES`). `number` is the page's own for
+    this socket: the session's Gradio event names it with each chunk sent here, so the page knows a chunk it has not
+    received went over a socket it has since lost."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, number: int) -> None:
+        self.number = number
+        self._loop = loop
+        self._outbox: asyncio.Queue[bytes | int | None] = asyncio.Queue()  # messages; then a close code or None
+        self._lock = threading.Lock()
+        self._unread: deque[int] = deque()  # sizes of the messages offered and not acknowledged, oldest first
+        self._unread_bytes = 0
+        self._unsent_bytes = 0
+        self._acknowledged = 0  # messages the page said it received
+        self._open = True
+
+    def offer(self, message: bytes) -> bool | None:
+        """Queue a message (from any thread): True if it will be sent; False if the socket is closed; None if the
+        page left too much unread, and the socket is being closed for it."""
+        with self._lock:
+            if not self._open:
+                return False
+            if max(self._unread_bytes, self._unsent_bytes) + len(message) > VIDEO_UNREAD_BYTES:
+                self._shut(VIDEO_UNREAD)
+                return None
+            self._unread.append(len(message))
+            self._unread_bytes += len(message)
+            self._unsent_bytes += len(message)
+            self._put(message)
+            return self._open
+
+    def acknowledge(self, received: int) -> None:
+        """The page has received `received` messages on this socket so far."""
+        with self._lock:
+            while self._acknowledged < received and self._unread:
+                self._unread_bytes -= self._unread.popleft()
+                self._acknowledged += 1
+
+    def close(self, code: int | None) -> None:
+        """Stop taking chunks (from any thread); what is queued is sent, then the socket is closed with `code`
+        (None: it is closed already)."""
+        with self._lock:
+            self._shut(code)
+
+    def _shut(self, code: int | None) -> None:
+        if self._open:
+            self._open = False
+            self._put(code)
+
+    def _put(self, item: bytes | int | None) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._outbox.put_nowait, item)
+        except RuntimeError:  # the event loop is closed (the server is shutting down)
+            self._open = False
+
+    async def send(self, websocket: WebSocket) -> None:
+        """Send what is offered, in order, until the socket is closed (on the socket's event loop)."""
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):  # the page went meanwhile
+            while isinstance(item := await self._outbox.get(), bytes):
+                await websocket.send_bytes(item)
+                with self._lock:
+                    self._unsent_bytes -= len(item)
+            if item is not None:
+                await websocket.close(code=item)
+        self.close(None)
+
+
+def video_message(chunk: dict, data: bytes) -> bytes:
+    """One chunk of the live video as the page's video socket carries it, in one binary message (so a header can
+    never be paired with another chunk's bytes): the length of the JSON header as 4 bytes (big-endian), the header
+    (the player's value without `data`), then the MP4 bytes themselves."""
+    header = json.dumps(chunk, separators=(",", ":")).encode()
+    return len(header).to_bytes(4, "big") + header + data
+
+
 class LiveServer:
     """The Live tab's event handlers over one pipeline.
 
@@ -549,8 +647,10 @@ class LiveServer:
         self.sessions = LiveSessions(pipe, multiprocessing.Manager().Queue if across_processes else queue.Queue)
         self.line = LiveLine(slots, seconds)
         self._lock = threading.Lock()
-        self._microphone_keys: dict[str, str] = {}  # a page's microphone token → its visitor's session hash
+        self._page_keys: dict[str, str] = {}  # a page's token (its microphone's and video's) → its session hash
         self._microphones_open: dict[str, int] = {}  # session hash → the page's microphone streams now open
+        self._videos: dict[str, VideoStream] = {}  # session hash → the page's open video socket
+        self._unread_logged: set[str] = set()  # visitors whose page was logged for not reading its video
 
     def analyse_portrait(self, portrait: str | None, size: int, request: gr.Request) -> str:
         """Analyse the Live tab's portrait as soon as it is chosen, so recording starts without that delay."""
@@ -561,11 +661,12 @@ class LiveServer:
         return "Portrait ready."
 
     async def follow_line(self, request: gr.Request) -> AsyncIterator[tuple[str, dict, dict]]:
-        """Started when the visitor opens the Live tab (once per page): gives the player the address its microphone
-        stream goes to, puts the visitor in line, then keeps their page told where they stand, as a message and the
-        microphone, which is on only while the turn is theirs. Ends when they leave (`visitor_left`)."""
+        """Started when the visitor opens the Live tab (once per page): gives the player the addresses its microphone
+        stream goes to and its video comes from, puts the visitor in line, then keeps their page told where they
+        stand, as a message and the microphone, which is on only while the turn is theirs. Ends when they leave
+        (`visitor_left`)."""
         key = request.session_hash
-        yield gr.update(), gr.update(), dict(microphone=self.microphone_address(key))
+        yield gr.update(), gr.update(), dict(microphone=self.microphone_address(key), video=self.video_address(key))
         self.line.join(key)
         shown = None
         mic_off_wanted = None  # when the turn passed on while the microphone was still recording
@@ -598,8 +699,9 @@ class LiveServer:
         size: int,
         request: gr.Request,
     ) -> Iterator[dict]:
-        """Started by the microphone's record button: yields the live video, one fragmented MP4 (H.264 + AAC) in
-        chunks, each a value for the Live tab's player, which appends them to a MediaSource."""
+        """Started by the microphone's record button: makes the live video, one fragmented MP4 (H.264 + AAC) in
+        chunks, which the Live tab's player appends to a MediaSource. Each chunk goes down the page's video socket
+        if one is open, and the value yielded for the player only numbers it; otherwise the value carries it."""
         key = request.session_hash
         if not portrait:
             raise gr.Error("Please choose a portrait first.", print_exception=False)
@@ -632,14 +734,16 @@ class LiveServer:
                     # plays it all (and, at the limit, stops the microphone).
                     reason = self._limit_reason() if time.monotonic() >= deadline else None
                     final = reason is not None or not self.sessions.is_running(key, chunks)
-                    yield _player_chunk(player, writer.write(batch, audio), final=final, reason=reason,
-                                        reduced=reduced)
+                    data = writer.write(batch, audio)
+                    yield self._deliver(key, _player_chunk(player, final=final, reason=reason, reduced=reduced),
+                                        data)
                 if writer is not None:
                     reason = None  # Stop: the visitor knows why
                     if self.sessions.is_running(key, chunks):
                         reason = (self._limit_reason() if time.monotonic() >= deadline else
                                   f"no sound reached the server for {self.idle_seconds:g} s")
-                    yield _player_chunk(player, writer.close(), final=True, end=True, reason=reason)
+                    data = writer.close()
+                    yield self._deliver(key, _player_chunk(player, final=True, end=True, reason=reason), data)
         finally:
             if chunks is not None:
                 chunks.put(None)  # the visitor left mid-session: end the model's loop (it may be waiting for speech)
@@ -653,16 +757,79 @@ class LiveServer:
             del frames, writer, chunks
             release_freed_memory()
 
-    # -------------------------------------------------------------------------------------- the microphone
-    def microphone_address(self, key: str) -> str:
-        """Where the visitor's page sends its microphone stream, relative to the page: `MICROPHONE_ROUTE` with a
-        token of their own (the session hash itself stays out of URLs and logs)."""
+    # ------------------------------------------------------------------------------------------ the video
+    def video_address(self, key: str) -> str:
+        """Where the visitor's page takes its live video from, relative to the page: `VIDEO_ROUTE` with the page's
+        token."""
+        return VIDEO_ROUTE.format(token=self.page_token(key)).lstrip("/")
+
+    async def video(self, websocket: WebSocket) -> None:
+        """The page's video socket (`VIDEO_ROUTE`), open for the page's life: every chunk of its visitor's live
+        video while it is open, each a binary `video_message`. The page answers with {"received": messages so far},
+        text; past `VIDEO_UNREAD_BYTES` unacknowledged, the socket is closed. A newer socket of the same page
+        replaces this one. `?n=` is the page's number for the socket, named with each chunk sent on it."""
         with self._lock:
-            token = next((t for t, k in self._microphone_keys.items() if k == key), None)
+            key = self._page_keys.get(websocket.path_params.get("token", ""))
+        if key is None:
+            await websocket.close(code=1008)  # policy violation: not a page's video
+            return
+        number = websocket.query_params.get("n", "")
+        stream = VideoStream(asyncio.get_running_loop(), int(number) if number.isdigit() and len(number) < 10 else 0)
+        with self._lock:  # before the page hears it is open: a chunk made from then on comes down it
+            replaced, self._videos[key] = self._videos.get(key), stream
+        if replaced is not None:
+            replaced.close(VIDEO_REPLACED)
+        sending = None
+        try:
+            await websocket.accept()
+            sending = asyncio.create_task(stream.send(websocket))
+            while (message := await websocket.receive())["type"] != "websocket.disconnect":
+                text = message.get("text") or ""
+                try:  # {"received": n} is short: anything longer is not parsed
+                    received = json.loads(text).get("received") if len(text) <= 40 else None
+                except (ValueError, AttributeError):
+                    received = None
+                if isinstance(received, int):  # anything else is ignored: the page sends nothing else
+                    stream.acknowledge(received)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            with self._lock:
+                if self._videos.get(key) is stream:
+                    del self._videos[key]
+            stream.close(None)
+            if sending is not None:
+                await sending
+
+    def _deliver(self, key: str, chunk: dict, data: bytes) -> dict:
+        """The player's value for one chunk of video: the chunk goes down the page's video socket if one is open and
+        the value names that socket (`via`); otherwise the value carries the chunk (base64), through Gradio."""
+        with self._lock:
+            stream = self._videos.get(key)
+        sent = stream.offer(video_message(chunk, data)) if stream is not None else False
+        if sent:
+            return chunk | dict(via=stream.number)
+        if sent is None and key not in self._unread_logged:  # once per visitor: a page may reconnect, and again
+            self._unread_logged.add(key)
+            logger.warning("live %s: the page left %.1f MB of its video unread: its video socket was closed, the "
+                           "video goes through Gradio", key[:8], VIDEO_UNREAD_BYTES / 1e6)
+        return chunk | dict(data=base64.b64encode(data).decode("ascii"))
+
+    # -------------------------------------------------------------------------------------- the microphone
+    def page_token(self, key: str) -> str:
+        """The visitor's page's own token, in the addresses of its microphone and video sockets: unguessable, and
+        the session hash itself stays out of URLs and logs."""
+        with self._lock:
+            token = next((t for t, k in self._page_keys.items() if k == key), None)
             if token is None:
                 token = secrets.token_urlsafe(16)
-                self._microphone_keys[token] = key
-        return MICROPHONE_ROUTE.format(token=token).lstrip("/")
+                self._page_keys[token] = key
+        return token
+
+    def microphone_address(self, key: str) -> str:
+        """Where the visitor's page sends its microphone stream, relative to the page: `MICROPHONE_ROUTE` with the
+        page's token."""
+        return MICROPHONE_ROUTE.format(token=self.page_token(key)).lstrip("/")
 
     async def microphone(self, websocket: WebSocket) -> None:
         """The page's microphone stream, one per recording (`MICROPHONE_ROUTE`): a text message {"rate": samples
@@ -671,7 +838,7 @@ class LiveServer:
         the session listens waits for it (`EARLY_SPEECH_SECONDS`). The stream's end ends the speech of the session
         it fed, which then finishes the video of the last words."""
         with self._lock:
-            key = self._microphone_keys.get(websocket.path_params.get("token", ""))
+            key = self._page_keys.get(websocket.path_params.get("token", ""))
         if key is None:
             await websocket.close(code=1008)  # policy violation: not a page's microphone
             return
@@ -766,20 +933,24 @@ class LiveServer:
         self.sessions.stop(key, forget=True)
         self.line.leave(key)  # also ends their `follow_line`
         with self._lock:
-            self._microphone_keys = {t: k for t, k in self._microphone_keys.items() if k != key}
+            self._page_keys = {t: k for t, k in self._page_keys.items() if k != key}
+            video = self._videos.pop(key, None)
+            self._unread_logged.discard(key)
+        if video is not None:
+            video.close(1000)
 
     def _limit_reason(self) -> str:
         return f"the {self.seconds:g} s limit was reached"
 
 
-def _player_chunk(player: dict, data: bytes, final: bool = False, end: bool = False, reason: str | None = None,
+def _player_chunk(player: dict, final: bool = False, end: bool = False, reason: str | None = None,
                   reduced: bool = False) -> dict:
-    """The player's value for one chunk; numbered, so the page can tell if one went missing. `final`: the speech
-    has ended, so the player plays every frame from here on instead of skipping ahead to keep up, and stops the
+    """What the player is told about the next chunk (its header; `LiveServer._deliver` adds the chunk or says where
+    it went); numbered, so the page appends each once, in order, whichever way it came. `final`: the speech has
+    ended, so the player plays every frame from here on instead of skipping ahead to keep up, and stops the
     microphone if it still records; `end`: the stream's last chunk; `reason`: why the session ended, when the
     visitor did not press Stop; `reduced`: the frame rate is reduced to keep up (the page says so)."""
-    chunk = player | dict(data=base64.b64encode(data).decode("ascii"), final=final, end=end, reason=reason,
-                          reduced=reduced)
+    chunk = player | dict(final=final, end=end, reason=reason, reduced=reduced)
     player["seq"] += 1
     return chunk
 

@@ -668,3 +668,175 @@ def test_a_session_without_a_turn_is_refused(app):
         next(app.live.session(str(ASTRONAUT), 1.0, 1.0, 15, 256, request))
     assert not app.live.sessions.is_live("live-no-turn")
     assert app.live.line.turn("live-no-turn").place is None
+
+
+# ------------------------------------------------------------------------------------------- the video socket
+def _frames_per_chunk(prepared, controls, chunks, seconds, idle_seconds):
+    """The model's stand-in for a live session: 5 flat 64 x 64 frames (0.2 s) and their silence per chunk of speech."""
+    import app_live
+
+    while (chunk := chunks.get(timeout=idle_seconds)) is not None:
+        rate, samples = chunk
+        yield app_live.FramesAndVoice([np.full((64, 64, 3), 100, np.uint8)] * 5, np.zeros(rate // 5, np.float32), rate)
+
+
+def _video_server():
+    """A `LiveServer` over `_frames_per_chunk` (no pipeline, no portrait to analyse), and a client of its two
+    WebSocket routes."""
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.testclient import TestClient
+
+    import app_live
+
+    server = app_live.LiveServer(None, _frames_per_chunk, seconds=60)
+    server.sessions.portrait = lambda key, path, size: None
+    routes = [WebSocketRoute(app_live.MICROPHONE_ROUTE, server.microphone),
+              WebSocketRoute(app_live.VIDEO_ROUTE, server.video)]
+    return server, TestClient(Starlette(routes=routes))
+
+
+def _start_session(server, key: str):
+    """The Record button's session for a visitor whose turn it is (not started until its first value is asked for)."""
+    server.line.join(key)
+    return server.session("portrait.png", 1.0, 1.0, 15, 256, gr.Request(session_hash=key))
+
+
+def _say(server, key: str, session, chunks: int = 1) -> list[dict]:
+    """Hand the session `chunks` chunks of speech (0.2 s each), one at a time, and take the player's value each
+    makes."""
+    values = []
+    for _ in range(chunks):
+        def push():
+            deadline = time.monotonic() + 10
+            while not server.sessions.is_live(key) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            server.sessions.push(key, (16_000, np.zeros(3200, np.int16)))
+
+        pusher = threading.Thread(target=push)
+        pusher.start()
+        values.append(next(session))
+        pusher.join()
+    return values
+
+
+def _stop(server, key: str, session) -> list[dict]:
+    """Stop: the session's last values (the end of the stream)."""
+    server.sessions.stop(key)
+    return list(session)
+
+
+def _video_chunk(message: bytes) -> tuple[dict, bytes]:
+    """A video socket's message as the page reads it: (header, MP4 bytes)."""
+    import json
+
+    length = int.from_bytes(message[:4], "big")
+    return json.loads(message[4 : 4 + length]), message[4 + length :]
+
+
+def _probe(data: bytes) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".mp4") as stream:
+        stream.write(data)
+        stream.flush()
+        return probe_media(stream.name)
+
+
+def test_the_live_video_comes_down_the_pages_socket_in_order_and_gradio_only_numbers_it():
+    import json
+
+    from starlette.websockets import WebSocketDisconnect
+
+    server, client = _video_server()
+    with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/teller/video/guessed") as ws:
+        ws.receive_bytes()
+    assert refused.value.code == 1008  # a token no page was given
+    address = server.video_address("alice")
+    # The page's one token serves both its sockets; it is not the session hash.
+    assert address.startswith("teller/video/") and "alice" not in address
+    assert address.split("/")[-1] == server.microphone_address("alice").split("/")[-1]
+    with client.websocket_connect(f"/{address}?n=3") as ws:
+        session = _start_session(server, "alice")
+        values = _say(server, "alice", session, 4) + _stop(server, "alice", session)
+        received = []
+        for _ in values:
+            received.append(_video_chunk(ws.receive_bytes()))
+            ws.send_text(json.dumps({"received": len(received)}))
+    # Through Gradio, each chunk's header and the socket it went down (3: the page's number for it), not the chunk.
+    assert all("data" not in value and value["via"] == 3 for value in values)
+    assert [value["seq"] for value in values] == list(range(len(values)))
+    assert [header for header, _ in received] == [{k: v for k, v in value.items() if k != "via"} for value in values]
+    assert len({header["session"] for header, _ in received}) == 1
+    assert received[0][0]["mime"].startswith('video/mp4; codecs="avc1.')
+    assert [header["end"] for header, _ in received] == [False] * 4 + [True]
+    assert [header["final"] for header, _ in received][-1] and not received[0][0]["final"]
+    video = _probe(b"".join(data for _, data in received))
+    assert video["video_codec"] == "h264" and round(video["video_duration"] * 25) == 20  # 4 chunks of 5 frames
+    assert video["video_pts_increasing"]
+
+
+def test_without_a_video_socket_the_chunks_go_through_gradio_and_a_lost_socket_hands_them_back():
+    server, client = _video_server()
+    session = _start_session(server, "bob")
+    values = _say(server, "bob", session, 2)  # no socket yet: the values carry the video
+    with client.websocket_connect(f"/{server.video_address('bob')}?n=1") as ws:
+        values += _say(server, "bob", session, 2)
+        received = [_video_chunk(ws.receive_bytes()) for _ in range(2)]
+    values += _say(server, "bob", session, 1) + _stop(server, "bob", session)  # the socket closed: Gradio again
+    assert [value["seq"] for value in values] == list(range(6))
+    assert ["data" in value for value in values] == [True, True, False, False, True, True]
+    assert [value.get("via") for value in values] == [None, None, 1, 1, None, None]
+    assert [header["seq"] for header, _ in received] == [2, 3]
+    # Each chunk went one way only, and together they are the whole video.
+    by_seq = {value["seq"]: base64.b64decode(value["data"]) for value in values if "data" in value}
+    by_seq |= {header["seq"]: data for header, data in received}
+    video = _probe(b"".join(by_seq[seq] for seq in sorted(by_seq)))
+    assert round(video["video_duration"] * 25) == 25 and video["video_pts_increasing"]
+
+
+def test_a_second_video_socket_of_the_page_replaces_the_first():
+    server, client = _video_server()
+    address = server.video_address("carol")
+    with client.websocket_connect(f"/{address}?n=1") as first, client.websocket_connect(f"/{address}?n=2") as second:
+        assert first.receive() == {"type": "websocket.close", "code": 4001, "reason": ""}  # replaced: not reopened
+        session = _start_session(server, "carol")
+        values = _say(server, "carol", session, 2) + _stop(server, "carol", session)
+        assert [value["via"] for value in values] == [2, 2, 2]
+        assert [_video_chunk(second.receive_bytes())[0]["seq"] for _ in values] == [0, 1, 2]
+    # The visitor leaving closes their socket, and their token opens nothing any more.
+    from starlette.websockets import WebSocketDisconnect
+
+    with client.websocket_connect(f"/{address}?n=3") as ws:
+        server.visitor_left(gr.Request(session_hash="carol"))
+        assert ws.receive()["type"] == "websocket.close"
+    with pytest.raises(WebSocketDisconnect), client.websocket_connect(f"/{address}?n=4") as ws:
+        ws.receive_bytes()
+
+
+def test_a_page_that_does_not_read_its_video_socket_is_cut_off_and_the_video_goes_through_gradio(
+    monkeypatch, caplog
+):
+    import json
+
+    import app_live
+
+    server, client = _video_server()
+    session = _start_session(server, "dan")
+    first = _say(server, "dan", session, 1)  # the first chunk (with the stream's header) is the largest
+    monkeypatch.setattr(app_live, "VIDEO_UNREAD_BYTES", 2000)
+    with client.websocket_connect(f"/{server.video_address('dan')}?n=1") as ws:
+        # A page that acknowledges what it received is never cut off.
+        for received in range(1, 11):
+            [value] = _say(server, "dan", session, 1)
+            header, _ = _video_chunk(ws.receive_bytes())
+            assert value["via"] == 1 and header["seq"] == value["seq"]
+            ws.send_text(json.dumps({"received": received}))
+        # One that stops reading: what it leaves unread stays under the limit, then its socket is closed.
+        with caplog.at_level("WARNING", logger="teller.app"):
+            values = _say(server, "dan", session, 30)
+        sent = [value for value in values if "via" in value]
+        assert sum(len(_video_chunk(ws.receive_bytes())[1]) for _ in sent) <= 2000
+        assert ws.receive() == {"type": "websocket.close", "code": app_live.VIDEO_UNREAD, "reason": ""}
+        assert 0 < len(sent) < 30 and all("data" in value for value in values[len(sent) :])
+    values += _stop(server, "dan", session)
+    assert [value["seq"] for value in first + values][-1] == 41
+    assert sum("left" in record.message and "unread" in record.message for record in caplog.records) == 1

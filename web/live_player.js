@@ -1,10 +1,13 @@
 // The Live tab's player and microphone (the `js_on_load` of a gr.HTML in app.py; Gradio runs it with `element`,
-// `props` and `watch` defined). The live session yields one chunk of a fragmented MP4 at a time as this component's
-// value, {session, seq, mime, data: base64, final, end, reason, reduced}; they are appended to a MediaSource as
-// they arrive, so the first frames play about 0.1 s after they reach the page. Gradio's own streaming video goes
-// through an HLS player instead, which re-encodes each segment on the server and buffers in the page: about a
-// second more. Before any session the value is {microphone: address}: while Gradio's microphone records (its
-// Record and Stop buttons), this page sends the voice there itself (see "The microphone" below).
+// `props` and `watch` defined). The live session is one fragmented MP4 in chunks, each {session, seq, mime, final,
+// end, reason, reduced} and its bytes; they are appended to a MediaSource as they arrive, so the first frames play
+// about 0.1 s after they reach the page. Gradio's own streaming video goes through an HLS player instead, which
+// re-encodes each segment on the server and buffers in the page: about a second more. Before any session this
+// component's value is {microphone, video} (addresses): the page opens its video socket at once and keeps it open,
+// and the chunks come down it (see "The video socket" below), skipping Gradio's queue and event stream; the session's
+// Gradio event then yields each chunk's header as the value, with `via` (the socket it went down), or, while no
+// socket is open, with the chunk itself as `data` (base64). While Gradio's microphone records (its Record and Stop
+// buttons), this page sends the voice to the microphone address itself (see "The microphone" below).
 const video = element.querySelector("video");
 const hint = element.querySelector(".teller-live-hint");
 const label = element.querySelector(".teller-live-label");
@@ -18,8 +21,10 @@ const MediaSourceType = window.ManagedMediaSource || window.MediaSource; // Safa
 const TARGET_BEHIND_SECONDS = 0.3;
 const CATCH_UP_RATE = 1.25; // the browser keeps the voice's pitch (preservesPitch)
 const MAX_BEHIND_SECONDS = 1.0;
+const HOLE_SECONDS = 0.05; // playback this close to the end of a buffered range, with more after a hole, is stuck
 
 let session = null; // the live session whose chunks are playing
+const over = new Set(); // earlier sessions: a late chunk of one is not a new session
 let source = null;
 let buffer = null;
 let pending = []; // chunks waiting for the SourceBuffer
@@ -27,6 +32,10 @@ let ending = false; // the stream's last chunk has come
 let final = false; // the speech has ended: play every frame that comes
 let reason = null; // why the session ended, when the visitor did not press Stop
 let expected = 0; // the next chunk's number
+// Chunks (and headers of chunks sent down a socket) that came before the one expected, by number: a chunk may come
+// down the socket before an earlier one sent through Gradio, when the socket (re)opened mid-session.
+let early = new Map();
+let gradioNext = 0; // one past the newest chunk number Gradio's event gave: Gradio gives them in order
 
 function decode(base64) {
   const text = atob(base64);
@@ -41,8 +50,12 @@ function showHint(text) {
 }
 
 function start(value) {
+  if (session) over.add(session);
   session = value.session;
   pending = [];
+  early = new Map();
+  expected = 0;
+  gradioNext = 0;
   ending = false;
   final = false;
   reason = null;
@@ -93,6 +106,13 @@ function play() {
   if ((behind > MAX_BEHIND_SECONDS && !final) || video.currentTime < ranges.start(0)) {
     video.currentTime = Math.max(ranges.start(ranges.length - 1), newest - TARGET_BEHIND_SECONDS);
   }
+  // A chunk that never came (its socket dropped) leaves a hole, where playback would stop for good once the speech
+  // has ended (nothing is skipped then): play on from the far side of it.
+  for (let i = 0; i + 1 < ranges.length; i++) {
+    if (video.currentTime >= ranges.end(i) - HOLE_SECONDS && video.currentTime < ranges.start(i + 1)) {
+      video.currentTime = ranges.start(i + 1);
+    }
+  }
   keepPace();
   if (video.paused && !video.ended) {
     // Pressing Record lets the page play sound; should the browser still refuse, play muted and say so.
@@ -116,6 +136,7 @@ function keepPace() {
   else if (behind < TARGET_BEHIND_SECONDS) video.playbackRate = 1;
 }
 video.addEventListener("timeupdate", keepPace);
+video.addEventListener("waiting", play); // out of video: at the end of what came, or at a hole
 
 video.addEventListener("click", () => {
   if (video.muted) {
@@ -140,25 +161,100 @@ video.addEventListener("playing", () => {
   if (!video.muted) showHint("");
 });
 
+// A chunk's header and its bytes (null: it went down the video socket named `via`), from either way it came.
+function receive(value, bytes, fromGradio) {
+  if (value.session !== session) {
+    if (over.has(value.session)) return; // a late chunk of an earlier session
+    start(value);
+  }
+  if (fromGradio) gradioNext = Math.max(gradioNext, value.seq + 1);
+  const known = early.get(value.seq);
+  if (value.seq >= expected && !(known && known.bytes)) early.set(value.seq, { value, bytes });
+  takeInOrder();
+}
+
+// Hand the chunks to the player in order, each once. A chunk that went down a socket since closed never comes,
+// nor does one Gradio skipped: the player goes on without it (the video may jump), and says so.
+function takeInOrder() {
+  for (;;) {
+    const chunk = early.get(expected);
+    if (chunk && chunk.bytes) {
+      if (chunk.bytes.length) pending.push(chunk.bytes); // (the stream's end may have nothing left to send)
+    } else if (chunk ? comingDown(chunk.value.via) : expected >= gradioNext) {
+      break; // still on its way
+    } else {
+      console.warn(`teller: live chunk ${expected} never arrived; the video may jump`);
+    }
+    early.delete(expected);
+    expected += 1;
+    if (!chunk) continue;
+    const value = chunk.value;
+    ending = Boolean(value.end);
+    final = Boolean(value.final);
+    reason = value.reason || reason;
+    // The server is short of CPU and renders every other frame to keep up with the voice: say so while it lasts.
+    if (!ending) label.textContent = value.reduced ? "Live · busy server: fewer frames" : "Live";
+    if (final) stopMicrophone();
+  }
+  feed();
+}
+
 watch("value", () => {
   const value = props.value;
   if (value && value.microphone) microphoneAddress = value.microphone;
-  if (!value || !value.session) return;
-  if (value.session !== session) {
-    start(value);
-  } else if (value.seq !== expected) {
-    console.warn(`teller: live chunk ${expected} never arrived; the video may jump`);
+  if (value && value.video && !videoAddress) {
+    videoAddress = value.video;
+    openVideo();
   }
-  expected = value.seq + 1;
-  if (value.data) pending.push(decode(value.data));
-  ending = Boolean(value.end);
-  final = Boolean(value.final);
-  reason = value.reason || reason;
-  // The server is short of CPU and renders every other frame to keep up with the voice: say so while it lasts.
-  if (!ending) label.textContent = value.reduced ? "Live · busy server: fewer frames" : "Live";
-  if (final) stopMicrophone();
-  feed();
+  if (!value || !value.session) return;
+  receive(value, typeof value.data === "string" ? decode(value.data) : null, true);
 });
+
+// ---------------------------------------------------------------------------------------------- The video socket
+// Open for the page's life, and opened again (after RECONNECT_SECONDS, doubling up to MAX_RECONNECT_SECONDS) if it
+// closes; not if the server refused it (1008: an unknown page) or a newer socket of this page took over (4001).
+// Each message is one chunk: the length of its JSON header (4 bytes, big-endian), the header, the MP4 bytes. The
+// page answers each with {"received": messages so far}: the server closes a socket whose page stops reading.
+const RECONNECT_SECONDS = 0.5;
+const MAX_RECONNECT_SECONDS = 8;
+let videoAddress = null;
+let videoSocket = null;
+let videoSockets = 0; // sockets opened so far: each has its number, which the server names with what it sent down it
+let reconnectSeconds = RECONNECT_SECONDS;
+
+function openVideo() {
+  const url = new URL(videoAddress, window.location.href);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  videoSockets += 1;
+  url.searchParams.set("n", String(videoSockets));
+  const socket = new WebSocket(url);
+  socket.binaryType = "arraybuffer";
+  socket.number = videoSockets;
+  videoSocket = socket;
+  let received = 0;
+  socket.addEventListener("open", () => (reconnectSeconds = RECONNECT_SECONDS));
+  socket.addEventListener("message", (event) => {
+    if (!(event.data instanceof ArrayBuffer)) return;
+    received += 1;
+    socket.send(JSON.stringify({ received }));
+    const length = new DataView(event.data).getUint32(0);
+    const value = JSON.parse(new TextDecoder().decode(new Uint8Array(event.data, 4, length)));
+    receive(value, new Uint8Array(event.data, 4 + length), false);
+  });
+  socket.addEventListener("close", (event) => {
+    if (videoSocket !== socket) return;
+    videoSocket = null;
+    takeInOrder(); // what went down this socket and did not come never will
+    if (event.code === 1008 || event.code === 4001) return;
+    setTimeout(openVideo, reconnectSeconds * 1000);
+    reconnectSeconds = Math.min(2 * reconnectSeconds, MAX_RECONNECT_SECONDS);
+  });
+}
+
+// Whether a chunk sent down socket `via` may still come: that socket is this page's current one, not closed.
+function comingDown(via) {
+  return Boolean(videoSocket) && videoSocket.number === via && videoSocket.readyState <= WebSocket.OPEN;
+}
 
 // ------------------------------------------------------------------------------------------------ The microphone
 // While Gradio's microphone records, the page records the same microphone itself and sends the voice to the server
