@@ -8,8 +8,8 @@ time goes to the 36 matrix products. Two things make it cheaper without touching
 - On a CPU in float32 the products go to oneDNN (`torch.ops.mkldnn._linear_pointwise`, torch's own op for a oneDNN
   linear layer, which its compiler emits on CPUs) instead of MKL's sgemm, which `F.linear` calls; where the op is
   missing, `F.linear`. It reads the plain weight tensor (a prepacked copy would be another 10 % faster here but
-  75 MB more memory). Its sums round otherwise (embeddings within
-  1e-3, see tests/test_whisper_inference.py) and give each window of a batch exactly what it gets alone, as MKL's do.
+  75 MB more memory). Its sums round otherwise (embeddings of rms 1.4 within 5e-3, see
+  tests/test_whisper_inference.py) and give each window of a batch exactly what it gets alone, as MKL's do.
 
 `python -m teller_recipe.benchmark.audio_encoder` times the stage with each forward, taking turns (2026-12-02, this
 project's 2-core AMD EPYC, one torch thread, load 3.1-3.2, ms per window fastest / median of 60): live, one window,
