@@ -93,3 +93,14 @@ def test_the_generator_samples_the_same_codes_from_either_forward(pipe, source, 
             codes[forward] = torch.stack([generator.generate_slice(state, audio, draws)
                                           for audio in slice_embeddings[forward]])
     assert torch.equal(*codes.values())
+
+
+def test_the_stage_benchmark_times_every_forward_live_and_batched(capsys):
+    from teller_recipe.benchmark import audio_encoder
+
+    audio_encoder.main(["--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "batch of 1 window(s)" in out and f"batch of {AUDIO_BATCH_SLICES} window(s)" in out
+    for forward in FORWARDS:
+        assert out.count(forward) == 2
+    assert whisper_inference.ONEDNN_LINEAR == whisper_inference._onednn_linear_available()  # put back as it was
