@@ -11,10 +11,10 @@ time goes to the 36 matrix products. Two things make it cheaper without touching
   75 MB more memory). Its sums round otherwise (embeddings of rms 1.4 within 5e-3, see
   tests/test_whisper_inference.py) and give each window of a batch exactly what it gets alone, as MKL's do.
 
-`python -m teller_recipe.benchmark.audio_encoder` times the stage with each forward, taking turns (2026-12-02, this
-project's 2-core AMD EPYC, one torch thread, load 3.1-3.2, ms per window fastest / median of 60): live, one window,
-39.3 / 53.2 with the transformers layers, 35.7 / 47.3 written out with MKL's products, 33.9 / 41.9 with oneDNN's; a
-file's batch of 10, 32.0 / 43.1, 28.3 / 37.7, 27.3 / 32.3.
+`python -m teller_recipe.benchmark.audio_encoder --repeats 60` times the stage with each forward in turn
+(2026-12-02, this project's 2-core AMD EPYC, one torch thread, load 3.2-3.3 from other work; ms per window, fastest
+/ median): live, one window, 43.2 / 55.4 with the transformers layers, 37.4 / 48.3 written out with MKL's products,
+35.5 / 41.8 with oneDNN's; a file's batch of 10, 31.0 / 37.6, 27.1 / 33.1, 25.7 / 28.6.
 
 The rest is what the transformers layer does, in its order: pre-norm attention with the query scaled before the
 product (whisper is sensitive to that order), SDPA with scale 1, residual, pre-norm GELU MLP, residual, the float16
