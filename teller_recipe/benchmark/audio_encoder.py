@@ -89,9 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     def stage(batch: np.ndarray) -> Callable[[], torch.Tensor]:
         return lambda: embed_slice_windows(encoder, feature_extractor, batch, lookahead)
 
-    print(f"load average before: {os.getloadavg()[0]:.2f}; torch threads: the package's own; "
-          f"window {window / SAMPLE_RATE:g} s + lookahead {lookahead / SAMPLE_RATE:g} s")
     with torch_threads():
+        print(f"load average before: {os.getloadavg()[0]:.2f}; torch threads: {torch.get_num_threads()} (the package's "
+              f"count); window {window / SAMPLE_RATE:g} s + lookahead {lookahead / SAMPLE_RATE:g} s")
         for batch in (windows[len(windows) // 2 :][:1], windows):
             seconds: dict[str, list[float]] = {name: [] for name in FORWARDS}
             for _ in range(args.repeats):
