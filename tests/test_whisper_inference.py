@@ -82,6 +82,17 @@ def test_the_products_go_to_onednn(pipe, speech_windows):
     assert calls.get("mkldnn::_linear_pointwise") == 6 * 6 and "aten::addmm" not in calls
 
 
+def test_gradients_flow_through_linear_as_through_f_linear():
+    """oneDNN's op has no backward (torch would silently give no gradient), so with autograd `linear` is F.linear."""
+    layer = torch.nn.Linear(512, 64)
+    x = torch.randn(60, 512, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    whisper_inference.linear(x, layer).square().sum().backward()
+    ours = (x.grad, layer.weight.grad)
+    x.grad, layer.weight.grad = None, None
+    torch.nn.functional.linear(x, layer.weight, layer.bias).square().sum().backward()
+    assert ours[1] is not None and torch.equal(ours[0], x.grad) and torch.equal(ours[1], layer.weight.grad)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_generator_samples_the_same_codes_from_either_forward(pipe, source, slice_embeddings, seed):
     generator = pipe.motion_generator

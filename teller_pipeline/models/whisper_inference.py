@@ -39,9 +39,10 @@ ONEDNN_LINEAR = _onednn_linear_available()
 
 def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     """`layer(x)`: on a CPU in float32 with oneDNN's kernel (faster than MKL here, see the module docstring), else
-    `F.linear`."""
+    `F.linear` (also where gradients are wanted: the oneDNN op has no backward)."""
     weight = layer.weight
-    if not (ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32):
+    onednn = ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+    if not onednn or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
         return F.linear(x, weight, layer.bias)
     out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), weight, layer.bias, "none", [], "")
     return out.view(*x.shape[:-1], -1)
