@@ -175,10 +175,9 @@ def embed_slice_windows(
         return torch.zeros(0, frames_per_slice, encoder.config.d_model, device=encoder.device)
     mel = torch.cat([log_mel(feature_extractor, w) for w in windows])
     mel = mel[..., : mel.shape[-1] // 2 * 2]
+    end = mel.shape[-1] // 2 - int(round(lookahead_samples / SAMPLE_RATE * AUDIO_FRAME_RATE))
     with torch.inference_mode():
-        embeddings = encoder.encode_window(mel.to(encoder.device))
-    end = embeddings.shape[1] - int(round(lookahead_samples / SAMPLE_RATE * AUDIO_FRAME_RATE))
-    return embeddings[:, end - frames_per_slice : end]
+        return encoder.encode_window(mel.to(encoder.device), slice(end - frames_per_slice, end))
 
 
 class TellerSession:

@@ -23,7 +23,8 @@ CALLER_THREADS = streaming.TORCH_THREADS + 1
 def observed_threads(pipe):
     """Yields a list that receives (thread name, torch threads) from inside every neural model's forward."""
     seen: list[tuple[str, int]] = []
-    modules = [pipe.audio_encoder.layers[0], pipe.motion_generator.audio_proj, pipe.temporal_refiner]
+    # The audio encoder's layers run written out (`whisper_inference`), not through their forward: its conv1 does.
+    modules = [pipe.audio_encoder.conv1, pipe.motion_generator.audio_proj, pipe.temporal_refiner]
     hooks = [m.register_forward_hook(lambda *_: seen.append((threading.current_thread().name,
                                                               torch.get_num_threads()))) for m in modules]
     try:

@@ -19,6 +19,8 @@ from torch import nn
 from transformers import PreTrainedModel, WhisperConfig, WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from .whisper_inference import encode_layers
+
 __all__ = [
     "PreTrainedModel",  # looked up here by diffusers' loader (see module docstring)
     "TellerAudioEncoder",
@@ -63,25 +65,25 @@ class TellerAudioEncoder(WhisperEncoder):
             dtype = torch.float32
         return super().from_pretrained(*args, dtype=dtype, **kwargs)
 
-    def encode_window(self, input_features: torch.Tensor) -> torch.Tensor:
-        """(batch, 80, frames) log-mel, frames ≤ 3000 → (batch, ceil(frames / 2), 512) embeddings at 50 Hz.
+    def encode_window(self, input_features: torch.Tensor, keep: slice = slice(None)) -> torch.Tensor:
+        """(batch, 80, frames) log-mel, frames ≤ 3000 → (batch, ceil(frames / 2), 512) embeddings at 50 Hz, or only
+        their positions `keep` (cheaper: the last layer computes only those).
 
         Same computation as `forward` (convs, positions, layers, final norm) with the position table cut to
-        the window, so on a 3000-frame input it equals `forward(...).last_hidden_state`.
+        the window, so on a 3000-frame input it equals `forward(...).last_hidden_state` up to rounding: the layers
+        run as `whisper_inference.encode_layers` writes them out, with oneDNN's matrix products on a CPU.
         """
         frames = input_features.shape[-1]
         max_frames = 2 * self.config.max_source_positions
         if frames > max_frames:
             raise ValueError(f"window of {frames} mel frames is longer than Whisper's {max_frames}")
         if frames == 0:  # the convolutions reject empty input
-            return self.layer_norm.weight.new_zeros(input_features.shape[0], 0, self.config.d_model)
+            return self.layer_norm.weight.new_zeros(input_features.shape[0], 0, self.config.d_model)[:, keep]
         # The convolutions run window by window: torch's conv1d sums in another order for a batch than for one
         # window, and a batch must give each window exactly what streaming it alone gives (the layers do).
         x = torch.cat([self._convolve(window[None]) for window in input_features.to(self.conv1.weight.dtype)])
         x = x + self.embed_positions.weight[: x.shape[1]]
-        for layer in self.layers:
-            x = layer(x, None)
-        return self.layer_norm(x)
+        return encode_layers(self, x, keep)
 
     def _convolve(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.gelu(self.conv1(x))
