@@ -104,3 +104,38 @@ def test_recipe_trains_resumes_and_builds_a_working_checkpoint(features, tmp_pat
     speech = np.sin(np.linspace(0, 2000, 16000)).astype(np.float32) * 0.3
     video = pipe(ROOT / "examples" / "grace_hopper.jpg", speech, max_size=128)
     assert len(video.frames) >= 25 and max(video.frames.shape[1:3]) == 128
+
+
+
+def test_refiner_gap_loss_measures_the_lip_gap_and_prefers_closed_lips_when_closing_is_likelier():
+    """`lip_gap_axis` turns a feature difference into the inner-lip gap's error; with it, where the data closes the
+    lips in 3 of 4 cases and opens them 1 cm in the fourth, the refiner's loss is least for closed lips, where the
+    squared errors alone are least for the mean: a mouth a quarter open that never closes."""
+    from teller_pipeline import rig
+
+    train_refiner = _training_script("train_refiner")
+    tokenizer = MotionTokenizer.from_pretrained(ROOT / "checkpoints" / "teller-base" / "motion_tokenizer")
+    lower = rig.KEYPOINT_NAMES.index("lower_lip_inner") * 3 + 1
+    upper = rig.KEYPOINT_NAMES.index("upper_lip_inner") * 3 + 1
+    rest = tokenizer.normalize(torch.zeros(69))
+    opened = torch.zeros(69)  # the lower lip 1 cm down, in normalised units
+    opened[lower] = 1.0 / tokenizer.feature_std[lower]
+    axis = train_refiner.lip_gap_axis(tokenizer, [rest.expand(40, -1), (rest + opened).expand(40, -1)], 1.0)
+    spread_cm = float(torch.cat([torch.zeros(40), torch.ones(40)]).std())
+    assert float(opened @ axis) == pytest.approx(1.0 / spread_cm, rel=1e-4)
+    raised = torch.zeros(69)  # the upper lip 0.5 cm up opens the mouth by as much
+    raised[upper] = -0.5 / tokenizer.feature_std[upper]
+    assert float(raised @ axis) == pytest.approx(0.5 / spread_cm, rel=1e-4)
+
+    target = rest.expand(4, 6, 69).clone()
+    target[3] += opened  # closed, closed, closed, open
+    weights = train_refiner.lip_weights(4.0, 69)
+
+    def loss(prediction: torch.Tensor, gap: bool) -> float:
+        refined = prediction.expand(4, 6, 69)
+        squared = train_refiner.refiner_loss(refined[:, 1:], target[:, 1:], refined[:, :1], weights)
+        return float(squared + ((refined - target) @ axis).abs().mean() * gap)
+
+    closed, quarter_open = rest[None, None], (rest + 0.25 * opened)[None, None]
+    assert loss(quarter_open, gap=False) < loss(closed, gap=False)
+    assert loss(closed, gap=True) < loss(quarter_open, gap=True)
