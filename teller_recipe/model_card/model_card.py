@@ -117,7 +117,7 @@ def _read(path: Path | None, missing: str) -> str:
 
 
 def _speed(readme: Path | None) -> str:
-    """The measured table and machine description of the project README's "## Speed" section."""
+    """The measured table, machine description and re-runs of the project README's "## Speed" section."""
     if not readme or not readme.is_file():
         return "Not measured yet: run `python -m teller_recipe.benchmark.benchmark`."
     text = readme.read_text()
@@ -125,7 +125,7 @@ def _speed(readme: Path | None) -> str:
         return "Not measured yet: run `python -m teller_recipe.benchmark.benchmark`."
     section = text.split("## Speed", 1)[1].split("\n## ", 1)[0]
     paragraphs = [p.strip() for p in section.split("\n\n")]
-    keep = [p for p in paragraphs if p.startswith(("Machine:", "|", "Long run", "For comparison"))]
+    keep = [p for p in paragraphs if p.startswith(("Machine:", "|", "Re-run:", "Long run", "For comparison"))]
     command = "Command: `python -m teller_recipe.benchmark.benchmark --repeats 2` (see the project README)."
     return "\n\n".join([*keep, command])
 
