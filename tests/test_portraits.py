@@ -64,8 +64,6 @@ def _teeth_share(frame: np.ndarray, points: np.ndarray) -> float:
 
 
 NOT_CLOSED_YET = {  # measured on the bundled checkpoint; strict, so a fix shows up as an unexpected pass
-    "obama_speaking": "the seam where the photo's wide-open lips are sealed reads 0.023 apart at rest and 0.026 on M "
-                      "(0.025 asked); it looks closed on the contact sheet",
     "party_three_quarter": "the seam looks closed on the contact sheet, but on this scanned three-quarter smile "
                            "the landmarker reads the lips 0.054 apart",
     "party_glasses": "closed on the contact sheet; the landmarker reads 0.03 apart on this scanned broad smile",

@@ -26,6 +26,7 @@ TOOTH_EDGES = (0.0, 0.16, 0.3, 0.42, 0.53, 0.63, 0.72, 0.8, 1.01)
 GRAIN_TILE = 64
 TONGUE_HALF_WIDTH = 0.62  # half mouth widths: the tongue spans the lower arch
 CORNER_INSET = 0.03  # half mouth widths: the opening's round ends lie this far inside its corners
+CORNER_SEAL_HEIGHT = 0.8  # at a closing corner the sealed band is this × its widest (see `seal_lips`)
 
 
 @dataclass
@@ -189,13 +190,17 @@ def settle_lips(mouth: SourceMouth, points: np.ndarray, src_points: np.ndarray,
 
 
 def seal_lips(frame: np.ndarray, mouth: SourceMouth, points: np.ndarray, lips_open: float,
-              lip_seal: float, lip_seal_until: float) -> None:
+              lip_seal: float, lip_seal_until: float, corner_reach: float = 0.0) -> None:
     """Where lips photographed apart close, fill a thin band along the line where they meet with the lip
     colours just above and below it (blended across the band, darker at the line itself), hiding the
     leftover sliver of teeth or cavity that the warp squeezes between them.
 
     The band fades out while the lips are still less than `lip_seal_until` of the photo's gap apart: a wider
-    band covered small openings whole, so an open-mouth photo looked shut until its lips parted ~8 mm."""
+    band covered small openings whole, so an open-mouth photo looked shut until its lips parted ~8 mm.
+
+    Within `corner_reach` mouth widths of each corner, inside and beyond it, the band keeps most of its widest
+    height: a photo's dark mouth corners can reach past the landmarker's inner corners into lip triangles that no
+    closing squeezes, and showed as a dark dot at each corner of the closed mouth (obama_speaking)."""
     dst = local_frame(points, rig.LIPS_INNER_UPPER, rig.LIPS_INNER_LOWER)
     src = mouth.contours
     closed = smoothstep(1.0 - lips_open / max(lip_seal_until, 1e-6))
@@ -210,6 +215,10 @@ def seal_lips(frame: np.ndarray, mouth: SourceMouth, points: np.ndarray, lips_op
     x = u * dst.length
     offset = 0.5 * (a - b)  # from the line midway between the driven lips, down the mouth
     width = np.interp(x, dst.upper[:, 0], half) * np.clip(x / 2.0, 0, 1) * np.clip((dst.length - x) / 2.0, 0, 1)
+    if corner_reach > 0:
+        to_corner = np.minimum(np.abs(x), np.abs(dst.length - x))
+        corner = np.clip(1 - to_corner / (corner_reach * dst.length), 0, 1)
+        width = np.maximum(width, CORNER_SEAL_HEIGHT * half.max() * corner)
     if not (np.abs(offset) < width).any():
         return
 

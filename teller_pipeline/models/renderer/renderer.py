@@ -80,6 +80,7 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
         lip_margin: float = 0.3,  # true lip edge beyond the landmarker's inner-lip line of an open photo, × its gap
         lip_seal: float = 0.15,  # half-height of the band sealed where such lips meet, × the photo's gap
         lip_seal_until: float = 0.1,  # the seal fades out as such lips part to this fraction of the photo's gap
+        lip_seal_corner_reach: float = 0.1,  # the seal covers the photo's dark mouth corners this far (mouth widths)
         lip_seam_reach: float = 0.08,  # a closed photo's lips part at the darkest line this close (mouth widths)
         lip_shadow: float = 0.07,  # shadow the upper lip casts on the teeth, mouth widths
         synthesis_blur: float = 0.6,  # px, softens synthesised edges to the photo's sharpness
@@ -154,7 +155,8 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
         if moved[rig.LIPS_INNER_UPPER + rig.LIPS_INNER_LOWER].any():
             composite_mouth(frame, state.image, state.mouth, points, cfg)
             if lips_open < 1.0:
-                seal_lips(frame, state.mouth, points, lips_open, cfg.lip_seal, cfg.lip_seal_until)
+                seal_lips(frame, state.mouth, points, lips_open, cfg.lip_seal, cfg.lip_seal_until,
+                          cfg.lip_seal_corner_reach)
         for (up, lo), eye, closure in zip(rig.EYE_CONTOURS, state.eyes, closures, strict=True):
             if moved[up + lo].any():
                 composite_eye(frame, state.image, eye, local_frame(points, up, lo), closure, cfg.eye_widen_blend,
