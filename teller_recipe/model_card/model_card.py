@@ -350,9 +350,9 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
   the held-out group, ≤ 0.3 on four of eleven portraits, 0.24–0.36 in the lips the generator drives; 0.00–0.18 on
   real speech except the three-quarter view, 0.37).
 - A mouth photographed open is closed by geometry (`MotionEncoder.close_lips`): in the pauses of real and
-  held-out speech the lips meet in ≥ 90 % of silent frames on eight of eleven portraits; on the three whose lips are
-  apart in the photo (Obama speaking, the two scanned party photos) the seam looks closed on the contact sheets,
-  but the landmarker reads the lips 0.025–0.05 apart.
+  held-out speech the lips meet in ≥ 90 % of silent frames on nine of eleven portraits (Obama speaking since the
+  seal covers its photo's dark mouth corners); on the two scanned party photos, broad smiles with the lips apart,
+  the seam looks closed on the contact sheets, but the landmarker reads the lips 0.025–0.05 apart.
 - Head motion measured on rendered frames is dominated by the landmarker's own frame-to-frame noise (the
   corpus' motion rendered and measured the same way reads within 0.92–1.24× of the generated). Before rendering,
   the default 0.3 s head smoothing keeps the generated head's speed within 0.95–1.15× and its jitter within
