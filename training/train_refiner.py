@@ -157,7 +157,7 @@ def lip_gap_axis(tokenizer: MotionTokenizer, features: list[torch.Tensor], gap_w
     closes; an absolute error is least for the median, which closes when closing is the likelier. Measured, it barely
     moved that, so the recipe leaves it off (`--gap_weight 0`): with weight 1 the gap at p, b and m came to 0.357 of
     the gap on open vowels, against 0.368 for the same training without it (sync r 0.712 and 0.716; 40 held-out
-    utterances decoded onto Grace Hopper, 2026-12-02; training/README.md, "What the refiner needs")."""
+    utterances decoded onto Grace Hopper, 2026-12-02; training/README.md, "Lips that meet on p, b and m")."""
     axis = torch.zeros(tokenizer.config.motion_dim)
     for name, sign in (("lower_lip_inner", 1.0), ("upper_lip_inner", -1.0)):
         k = rig.KEYPOINT_NAMES.index(name) * 3 + 1

@@ -24,7 +24,9 @@ class StaticKVCache:
 
     def __init__(self, backbone: Qwen2Model, capacity: int) -> None:
         config = backbone.config
-        # What this forward implements; anything else must go through `Qwen2Model` itself.
+        # What this forward implements: `MotionGenerator` builds its backbone with transformers' defaults for these
+        # (full attention, default rope, SiLU). A backbone that asks for more (another transformers release's
+        # defaults, a model swapped in) is refused here rather than run wrongly.
         if set(config.layer_types) != {"full_attention"}:
             raise NotImplementedError("the generator's inference forward has no sliding-window attention layers; "
                                       "this backbone config asks for them")

@@ -190,7 +190,7 @@ def settle_lips(mouth: SourceMouth, points: np.ndarray, src_points: np.ndarray,
 
 
 def seal_lips(frame: np.ndarray, mouth: SourceMouth, points: np.ndarray, lips_open: float,
-              lip_seal: float, lip_seal_until: float, corner_reach: float = 0.0) -> None:
+              lip_seal: float, lip_seal_until: float, corner_reach: float) -> None:
     """Where lips photographed apart close, fill a thin band along the line where they meet with the lip
     colours just above and below it (blended across the band, darker at the line itself), hiding the
     leftover sliver of teeth or cavity that the warp squeezes between them.
@@ -215,7 +215,7 @@ def seal_lips(frame: np.ndarray, mouth: SourceMouth, points: np.ndarray, lips_op
     x = u * dst.length
     offset = 0.5 * (a - b)  # from the line midway between the driven lips, down the mouth
     width = np.interp(x, dst.upper[:, 0], half) * np.clip(x / 2.0, 0, 1) * np.clip((dst.length - x) / 2.0, 0, 1)
-    if corner_reach > 0:
+    if corner_reach > 0:  # (0: no corner seal)
         to_corner = np.minimum(np.abs(x), np.abs(dst.length - x))
         corner = np.clip(1 - to_corner / (corner_reach * dst.length), 0, 1)
         width = np.maximum(width, CORNER_SEAL_HEIGHT * half.max() * corner)
