@@ -201,3 +201,29 @@ def test_without_mesh_triangulation_falls_back_to_delaunay(kit):
     encoder = kit["encoder"]
     frame = renderer.render(state, encoder.decode(source, _open_mouth(encoder.neutral_motion(), 1.2)))
     assert frame.shape == image.shape
+
+
+def _gap_column(bands: list[tuple[float, bool, float]], rows: int = 16):
+    """Pixels of a photo's lip gap, top to bottom: per band (fraction of the gap, bright?, red minus green)."""
+    depth, bright, redness = [], [], []
+    for share, is_bright, red in bands:
+        n = round(share * rows * 10)
+        depth += list(len(depth) / (rows * 10) + np.arange(n) / (rows * 10))
+        bright += [is_bright] * n
+        redness += [red] * n
+    return np.array(depth), np.array(bright), np.array(redness)
+
+
+@pytest.mark.parametrize(("bands", "split"), [
+    # upper teeth, then the lower lip's edge where the landmarker put the inner lip line: the lip rides on the lower lip
+    ([(0.6, True, 0.1), (0.4, True, 0.25)], 0.6),
+    # a reflection (bright but red) inside the teeth does not end them
+    ([(0.3, True, 0.1), (0.1, True, 0.25), (0.3, True, 0.1), (0.3, False, 0.2)], 0.7),
+    # upper and lower teeth with the dark between them: only the upper row rides on the upper lip
+    ([(0.4, True, 0.1), (0.2, False, 0.15), (0.4, True, 0.1)], 0.4),
+])
+def test_photo_teeth_ride_on_the_upper_lip_and_its_lower_lip_on_the_lower(bands, split):
+    from teller_pipeline.models.renderer.mouth import _below_upper_teeth
+
+    depth, bright, redness = _gap_column(bands)
+    assert _below_upper_teeth(depth, bright, redness, lip_redness=0.3, rows=16) == pytest.approx(split, abs=1 / 16)

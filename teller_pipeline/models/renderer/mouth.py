@@ -89,11 +89,14 @@ def measure_mouth(image: np.ndarray, points: np.ndarray, cfg: FrozenDict) -> Sou
         has_teeth = bool(bright.mean() > 0.3)
         if has_teeth:
             teeth = pix[bright].mean(0)
-        # the darkest band across the gap separates what rides on the upper and on the lower lip
-        bins = np.clip((depth * 8).astype(int), 0, 7)
-        profile = np.array([luma[bins == k].mean() if (bins == k).any() else np.inf for k in range(8)])
-        k = int(np.argmin(profile[2:])) + 2
-        split = (k + 0.5) / 8 if profile[k] < 0.7 * profile[np.isfinite(profile)].max() else 1.0
+            split = _below_upper_teeth(depth, bright, pix[:, 0] - pix[:, 1], float(lips[0] - lips[1]),
+                                       float((a + b)[inside].max()))
+        else:
+            # the darkest band across the gap separates what rides on the upper and on the lower lip
+            bins = np.clip((depth * 8).astype(int), 0, 7)
+            profile = np.array([luma[bins == k].mean() if (bins == k).any() else np.inf for k in range(8)])
+            k = int(np.argmin(profile[2:])) + 2
+            split = (k + 0.5) / 8 if profile[k] < 0.7 * profile[np.isfinite(profile)].max() else 1.0
     shade = np.clip(skin_luma / 0.62, 0.45, 1.15)
     if teeth is None:  # teeth under the face's light: the photo's colour cast, about as bright as skin
         reference = np.asarray(cfg.reference_skin_rgb)
@@ -120,6 +123,35 @@ def measure_mouth(image: np.ndarray, points: np.ndarray, cfg: FrozenDict) -> Sou
         light_gradient=gradient,
         grain=grain,
     )
+
+
+def _below_upper_teeth(depth: np.ndarray, bright: np.ndarray, redness: np.ndarray, lip_redness: float,
+                       rows: float) -> float:
+    """Where a photo's upper teeth end, as a fraction of its lip gap (`rows` px high) from the upper lip: the
+    bottom of the first band, from the top, that looks like teeth (mostly bright pixels, nearer the whitest
+    band's redness than the lips'). `depth`, `bright` and `redness` (red minus green) per pixel of the gap;
+    `lip_redness`, the lips'. Bands are 1.5 px or more (4 to 16 across the gap); a single bright band that is too
+    red between two of teeth (a reflection, a gum) does not end the teeth, a dark one (the gap between the upper
+    and the lower teeth) does.
+
+    What lies below (the lower lip's own edge, lower teeth, the dark between) rides on the lower lip. The
+    landmarker's lower inner-lip line often runs on the lower lip's body, so a gap ends in lip; split at its
+    darkest band, that lip rode on the upper lip, and an opening mouth showed a second lip under the teeth above
+    a black gap (jesper_speaking, party_glasses)."""
+    bins = int(np.clip(rows / 1.5, 4, 16))
+    index = np.clip((depth * bins).astype(int), 0, bins - 1)
+    present = np.array([(index == k).any() for k in range(bins)])
+    share = np.array([bright[index == k].mean() if present[k] else 0.0 for k in range(bins)])
+    red = np.array([redness[index == k].mean() if present[k] else np.inf for k in range(bins)])
+    lit = share >= 0.5
+    whitest = red[lit].min() if lit.any() else np.inf
+    tooth = lit & (red < 0.5 * (whitest + lip_redness))
+    if not tooth.any():
+        return 1.0
+    end = int(np.flatnonzero(tooth)[0])
+    while end + 1 < bins and (tooth[end + 1] or (end + 2 < bins and lit[end + 1] and tooth[end + 2])):
+        end += 1
+    return (end + 1) / bins
 
 
 def lips_closed(contours: Contours) -> bool:
