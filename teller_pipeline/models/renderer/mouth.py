@@ -26,6 +26,7 @@ TOOTH_EDGES = (0.0, 0.16, 0.3, 0.42, 0.53, 0.63, 0.72, 0.8, 1.01)
 GRAIN_TILE = 64
 TONGUE_HALF_WIDTH = 0.62  # half mouth widths: the tongue spans the lower arch
 CORNER_INSET = 0.03  # half mouth widths: the opening's round ends lie this far inside its corners
+SHADOWED_OPENING = 0.12  # mouth widths: a synthesised opening this high or more is dark at its back
 CORNER_SEAL_HEIGHT = 0.8  # at a closing corner the sealed band is this × its widest (see `seal_lips`)
 
 
@@ -290,7 +291,7 @@ def composite_mouth(frame: np.ndarray, image: np.ndarray, mouth: SourceMouth, po
     # where the two parts meet
     upper = np.clip(ext_up + 0.5 * np.maximum(gap - gap_s, 0.0) - a + 0.5, 0, 1)[..., None]
     region = frame[y0 : y0 + h, x0 : x0 + w].astype(np.float32) / 255.0
-    interior = synthesise_mouth(mouth, u, a, b, dst.length, x0, y0, cfg)
+    interior = synthesise_mouth(mouth, u, a, b, dst.length, x0, y0, cfg, np.maximum(gap - gap_s, 0.0))
     interior = region + rounded_ends(u, a, b, dst.length)[..., None] * (interior - region)
     for weight, v_s, shown in ((upper, up_s + a, ext_up - a), (1 - upper, lo_s - b, ext_lo - b)):
         real_alpha = weight * np.clip(shown + 0.5, 0, 1)[..., None]
@@ -313,8 +314,9 @@ def rounded_ends(u: np.ndarray, a: np.ndarray, b: np.ndarray, length: float) -> 
 
 
 def synthesise_mouth(mouth: SourceMouth, u: np.ndarray, a: np.ndarray, b: np.ndarray, width: float,
-                     x0: int, y0: int, cfg: FrozenDict) -> np.ndarray:
-    """Oral cavity, tongue and teeth in the mouth's local coordinates (float RGB in 0..1)."""
+                     x0: int, y0: int, cfg: FrozenDict, synthesised: np.ndarray | None = None) -> np.ndarray:
+    """Oral cavity, tongue and teeth in the mouth's local coordinates (float RGB in 0..1). `synthesised`: how
+    much of the lip gap (px, per pixel's column) they fill, where the photo's own teeth fill the rest."""
     c = mouth.colors
     gap = np.maximum(a + b, 1e-6)
     s = 2.0 * u - 1.0  # -1..1 across the mouth
@@ -329,6 +331,10 @@ def synthesise_mouth(mouth: SourceMouth, u: np.ndarray, a: np.ndarray, b: np.nda
     buccal = 1 - smoothstep((np.abs(s) - 0.7) / 0.25)
     # cavity: darkest at the back (the middle of the opening), lighter toward the corners and the lips beside them
     front = smoothstep((radius - cfg.cavity_depth) / (1.0 - cfg.cavity_depth))
+    if synthesised is not None:
+        # a slit under a photo's teeth is too shallow to hold the back's shadow: at its back's colour it read as a
+        # black line drawn under the teeth of a smiling photo (party_glasses, obama_smile)
+        front = np.maximum(front, 1 - smoothstep(synthesised / (SHADOWED_OPENING * width)))
     out = c["cavity_back"] + front[..., None] * (c["cavity_front"] - c["cavity_back"])
     # tongue: a low dome behind the lower lip, its back in the cavity's dark
     out = _tongue(out, c["tongue"], s, b, gap, rel_gap, corner, cfg)
