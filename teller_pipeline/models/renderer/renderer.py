@@ -62,12 +62,14 @@ class GeometricRenderer(ModelMixin, ConfigMixin):
         detail_margin: float = 0.3,  # per-pixel warp around mouth and eyes, padded by this × their width
         # mouth interior: as dark as a real one (the cavity of obama_speaking.jpg is 0.04-0.1 × its skin's luma);
         # a lit, lip-red front and tongue (0.38 and 0.47 × skin) were taken for lip by the face landmarker,
-        # which then read openings of 1-1.5 cm 1-2 mm smaller than they are. Half as dark again as these
-        # (0.05, 0.016, 0.015) back and (0.25, 0.1, 0.09) tongue, which looked like a black hole with no tongue in
-        # the widest frames, the landmarker reads the same gaps (within 0.006 per driven-gap bin on five portraits)
-        cavity_front_rgb: tuple[float, float, float] = (0.2, 0.09, 0.085),  # toward the corners, not lip-red
-        cavity_back_rgb: tuple[float, float, float] = (0.09, 0.03, 0.03),  # the middle of the opening
+        # which then read openings of 1-1.5 cm 1-2 mm smaller than they are. A cavity half as dark again, (0.09,
+        # 0.03, 0.03) back and (0.2, 0.09, 0.085) front, looked less like a hole but cost 0.004 of giunchedi_beard's
+        # gap p90 on the real clip (`python -m teller_recipe.evaluation.portraits`, 2026-12-02)
+        cavity_front_rgb: tuple[float, float, float] = (0.12, 0.065, 0.06),  # toward the corners, not lip-red
+        cavity_back_rgb: tuple[float, float, float] = (0.05, 0.016, 0.015),  # the middle of the opening
         cavity_depth: float = 0.55,  # the back's colour holds out to this radius of the opening's ellipse
+        # a tongue this light shows in wide openings (at (0.25, 0.1, 0.09) it was lost in the cavity's dark) and
+        # leaves the landmarker's gaps as they were (within 0.001 per driven-gap bin, two portraits, probe)
         tongue_rgb: tuple[float, float, float] = (0.42, 0.17, 0.15),
         teeth_rgb: tuple[float, float, float] = (0.95, 0.91, 0.82),
         teeth_brightness: float = 1.1,  # synthesised teeth luma relative to the face's bright skin
