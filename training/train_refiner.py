@@ -133,10 +133,12 @@ def generated_motion(generator: MotionGenerator, tokenizer: MotionTokenizer, dat
 
 def unrolled_loss(model: TemporalRefiner, context: torch.Tensor, coarse: torch.Tensor, audio: torch.Tensor,
                   target: torch.Tensor, weights: torch.Tensor | None = None,
-                  gap_axis: torch.Tensor | None = None) -> torch.Tensor:
+                  gap_axis: torch.Tensor | None = None, closure: tuple[torch.Tensor, float] | None = None,
+                  ) -> torch.Tensor:
     """Mean `refiner_loss` of `TemporalRefiner.unroll` over its slices; each slice's velocity is taken from the
     frame before it (the context's last, then the refiner's own). With `gap_axis` (see `lip_gap_axis`), plus the
-    mean absolute error of the inner-lip gap."""
+    mean absolute error of the inner-lip gap. With `closure` = (axis, weight) (see `closure_term`), plus how far
+    the lips stay apart where the data's lips meet."""
     n = model.config.frames_per_slice
     refined = model.unroll(context, coarse, audio)
     anchors = torch.cat([context[:, -1:], refined[:, n - 1 : -1 : n]], 1)  # (B, S, D): the frame before each slice
@@ -145,7 +147,34 @@ def unrolled_loss(model: TemporalRefiner, context: torch.Tensor, coarse: torch.T
     loss = torch.stack(losses).mean()
     if gap_axis is not None:
         loss = loss + ((refined - target) @ gap_axis).abs().mean()
+    if closure is not None:
+        loss = loss + closure_term(refined, target, *closure)
     return loss
+
+
+def closure_term(refined: torch.Tensor, target: torch.Tensor, gap: tuple[torch.Tensor, torch.Tensor],
+                 weight: float, closed_below: float = 0.02) -> torch.Tensor:
+    """`weight` × the mean opening of the refined lips (inner-lip gap, cm of the canonical face, over the data's
+    gap spread) where the data's lips meet (gap below `closed_below` cm): a one-sided penalty for lips that stay
+    apart on p, b, m and in pauses; lips pressed tighter than the data's cost nothing. `gap` = (axis, offset,
+    spread): the gap is features @ axis + offset (see `lip_gap`)."""
+    axis, offset, spread = gap
+    refined_gap, target_gap = refined @ axis + offset, target @ axis + offset
+    closed = target_gap < closed_below
+    opening = (refined_gap - target_gap.clamp_min(0)).clamp_min(0) / spread
+    return weight * (opening * closed).sum() / closed.sum().clamp_min(1)
+
+
+def lip_gap(tokenizer: MotionTokenizer, features: list[torch.Tensor],
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(axis, offset, spread): x @ axis + offset is the inner-lip gap of normalised features x (the lower inner
+    lip's vertical offset minus the upper one's, cm); spread, its standard deviation over `features`."""
+    axis, offset = torch.zeros(tokenizer.config.motion_dim), torch.zeros(())
+    for name, sign in (("lower_lip_inner", 1.0), ("upper_lip_inner", -1.0)):
+        k = rig.KEYPOINT_NAMES.index(name) * 3 + 1
+        axis[k] = sign * tokenizer.feature_std[k]
+        offset = offset + sign * tokenizer.feature_mean[k]
+    return axis, offset, (torch.cat(features) @ axis).std().clamp_min(1e-6)
 
 
 def lip_gap_axis(tokenizer: MotionTokenizer, features: list[torch.Tensor], gap_weight: float) -> torch.Tensor:
@@ -210,6 +239,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gap_weight", type=float, default=0.0,
                         help="weight of an absolute error of the inner-lip gap in the loss (0, the default: none; "
                              "tried at 1, it barely helped, see lip_gap_axis)")
+    parser.add_argument("--closure_weight", type=float, default=0.0,
+                        help="weight of a one-sided penalty on lips left apart where the data's meet (0: none; "
+                             "see closure_term)")
     parser.add_argument("--hidden_dim", type=int, default=None, help="override the size preset's refiner width")
     parser.add_argument("--num_layers", type=int, default=None, help="override the size preset's refiner depth")
     args = parser.parse_args(argv)
@@ -237,6 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     gap_axis = None
     if args.gap_weight:
         gap_axis = lip_gap_axis(tokenizer, train.motion, args.gap_weight).to(accelerator.device)
+    closure = None
+    if args.closure_weight:
+        closure = (tuple(t.to(accelerator.device) for t in lip_gap(tokenizer, train.motion)), args.closure_weight)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     scheduler = cosine_schedule(optimizer, args.lr_warmup_steps, args.max_train_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -250,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
         context, coarse, audio, target = (t.to(accelerator.device)
                                           for t in train.batch(args.train_batch_size, unroll=args.unroll_slices))
         with accelerator.accumulate(model):
-            loss = unrolled_loss(model, context, coarse, audio, target, weights, gap_axis)
+            loss = unrolled_loss(model, context, coarse, audio, target, weights, gap_axis, closure)
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             optimizer.step()
