@@ -139,3 +139,31 @@ def test_refiner_gap_loss_measures_the_lip_gap_and_prefers_closed_lips_when_clos
     closed, quarter_open = rest[None, None], (rest + 0.25 * opened)[None, None]
     assert loss(quarter_open, gap=False) < loss(closed, gap=False)
     assert loss(closed, gap=True) < loss(quarter_open, gap=True)
+
+
+def test_refiner_closure_term_charges_lips_left_apart_where_the_data_closes_them_and_nothing_else():
+    """`lip_gap` reads the inner-lip gap in cm from normalised features; `closure_term` charges refined lips that
+    stay apart where the data's meet, in units of the gap's spread, and nothing where the data opens or where the
+    refined lips press tighter."""
+    from teller_pipeline import rig
+
+    train_refiner = _training_script("train_refiner")
+    tokenizer = MotionTokenizer.from_pretrained(ROOT / "checkpoints" / "teller-base" / "motion_tokenizer")
+    lower = rig.KEYPOINT_NAMES.index("lower_lip_inner") * 3 + 1
+    closed = torch.zeros(69)
+    opened = closed.clone()
+    opened[lower] = 1.0  # the lower lip 1 cm down
+    pressed = closed.clone()
+    pressed[lower] = -0.3
+    normalised = [tokenizer.normalize(x) for x in (closed, opened, pressed)]
+    gap = train_refiner.lip_gap(tokenizer, [torch.stack(normalised)])
+    axis, offset, spread = gap
+    assert [round(float(x @ axis + offset), 4) for x in normalised] == [0.0, 1.0, -0.3]
+
+    def term(refined: torch.Tensor, target: torch.Tensor) -> float:
+        return float(train_refiner.closure_term(refined[None, None], target[None, None], gap, weight=2.0))
+
+    c, o, p = normalised
+    assert term(o, c) == pytest.approx(2.0 * 1.0 / float(spread), rel=1e-4)  # apart where the data closes
+    assert term(c, o) == 0.0 and term(o, o) == 0.0  # the data opens: no charge, whatever the refiner does
+    assert term(p, c) == 0.0  # pressed tighter than the data: no charge
