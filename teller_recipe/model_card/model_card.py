@@ -332,9 +332,9 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
 
 - Mouth size (table "What a viewer sees" above; these figures from `python -m teller_recipe.evaluation.portraits`
   on 2026-12-02, eleven portraits): at default settings, on real speech with pauses, the landmarker reads the lips
-  parting to a p90 of 0.120–0.169 of the eye-corner distance (≈ 1–1.5 cm) and a maximum of 0.17–0.25, 0.94–1.33 of
+  parting to a p90 of 0.120–0.169 of the eye-corner distance (≈ 1–1.5 cm) and a maximum of 0.16–0.23, 0.93–1.26 of
   what the phones ask, on ten of eleven portraits; the head bowed 30° reads 0.071 (its driven lips part 0.105, the
-  render shows ~70 % of that). The photos whose lips are apart overshoot (ratio 1.23–1.33): at small openings the
+  render shows ~70 % of that). The photos whose lips are apart overshoot (ratio 1.21–1.26): at small openings the
   landmarker reads their rendered lips further apart than they are driven (0.025 → ~0.06), from the sealed seam
   (Obama speaking: the landmarker puts the inner upper lip in a dark strip of the photo's upper lip) and, on the two
   scanned smiles, from the whole mouth, which reads ~3 px taller than drawn whatever the seam looks like. Closed
@@ -348,7 +348,10 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
   speaking, photographed mid-word, 0.046–0.069 before the depth went).
 - Held-out synthetic voices: the lips meet less on p/b/m than on real recordings (bilabial ratio 0.12–0.57 on
   the held-out group, ≤ 0.3 on four of eleven portraits, 0.24–0.36 in the lips the generator drives; 0.00–0.18 on
-  real speech except the three-quarter view, 0.37).
+  real speech except the three-quarter view, 0.37). The whisper features the model hears carry about that much:
+  a small network trained on them alone to predict the corpus' lip gap reaches 0.33, and a refiner pushed to close
+  further (`train_refiner.py --closure_weight`) reached 0.26–0.28 but lost sync (r 0.71 → 0.65–0.68) and size
+  (training/README.md, "Lips that meet on p, b and m").
 - A mouth photographed open is closed by geometry (`MotionEncoder.close_lips`): in the pauses of real and
   held-out speech the lips meet in ≥ 90 % of silent frames on nine of eleven portraits (Obama speaking since the
   seal covers its photo's dark mouth corners); on the two scanned party photos, broad smiles with the lips apart,
@@ -361,6 +364,9 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
   faces, and expressiveness (emotion, gaze, large head turns) is limited.
 - The geometric renderer moves the photo's own pixels: large head rotations, profile photos, occlusions
   (hands, microphones), heavy beards and glasses can show distortion; teeth and mouth interior are synthesized.
+  A photo's own teeth ride on its upper lip and the rest of its lip gap on the lower one (`mouth._below_upper_teeth`);
+  the synthesized cavity between them is dark and plain, with a tongue on its floor, and on a broad smile that opens
+  a little further it shows as a thin dark line under the teeth.
   On the full beard (`giunchedi_beard.jpg`, real speech, `python -m teller_recipe.evaluation.portraits --corpus
   none --held-out 0`, 2026-12-02) the mouth opens with teeth and a dark cavity and closes on p/b/m and in pauses
   (bilabial ratio 0.03, closed in 100 % of silent frames, r 0.90), but reads small like the other closed-mouth
