@@ -133,11 +133,12 @@ def generated_motion(generator: MotionGenerator, tokenizer: MotionTokenizer, dat
 
 def unrolled_loss(model: TemporalRefiner, context: torch.Tensor, coarse: torch.Tensor, audio: torch.Tensor,
                   target: torch.Tensor, weights: torch.Tensor | None = None,
-                  gap_axis: torch.Tensor | None = None, closure: tuple[torch.Tensor, float] | None = None,
+                  gap_axis: torch.Tensor | None = None,
+                  closure: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], float] | None = None,
                   ) -> torch.Tensor:
     """Mean `refiner_loss` of `TemporalRefiner.unroll` over its slices; each slice's velocity is taken from the
     frame before it (the context's last, then the refiner's own). With `gap_axis` (see `lip_gap_axis`), plus the
-    mean absolute error of the inner-lip gap. With `closure` = (axis, weight) (see `closure_term`), plus how far
+    mean absolute error of the inner-lip gap. With `closure` = (gap, weight) (see `closure_term`), plus how far
     the lips stay apart where the data's lips meet."""
     n = model.config.frames_per_slice
     refined = model.unroll(context, coarse, audio)
@@ -152,7 +153,7 @@ def unrolled_loss(model: TemporalRefiner, context: torch.Tensor, coarse: torch.T
     return loss
 
 
-def closure_term(refined: torch.Tensor, target: torch.Tensor, gap: tuple[torch.Tensor, torch.Tensor],
+def closure_term(refined: torch.Tensor, target: torch.Tensor, gap: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                  weight: float, closed_below: float = 0.02) -> torch.Tensor:
     """`weight` × the mean opening of the refined lips (inner-lip gap, cm of the canonical face, over the data's
     gap spread) where the data's lips meet (gap below `closed_below` cm): a one-sided penalty for lips that stay
@@ -187,12 +188,8 @@ def lip_gap_axis(tokenizer: MotionTokenizer, features: list[torch.Tensor], gap_w
     moved that, so the recipe leaves it off (`--gap_weight 0`): with weight 1 the gap at p, b and m came to 0.357 of
     the gap on open vowels, against 0.368 for the same training without it (sync r 0.712 and 0.716; 40 held-out
     utterances decoded onto Grace Hopper, 2026-12-02; training/README.md, "Lips that meet on p, b and m")."""
-    axis = torch.zeros(tokenizer.config.motion_dim)
-    for name, sign in (("lower_lip_inner", 1.0), ("upper_lip_inner", -1.0)):
-        k = rig.KEYPOINT_NAMES.index(name) * 3 + 1
-        axis[k] = sign * tokenizer.feature_std[k]
-    spread = torch.cat(features) @ axis
-    return axis * gap_weight / spread.std().clamp_min(1e-6)
+    axis, _, spread = lip_gap(tokenizer, features)
+    return axis * gap_weight / spread
 
 
 def lip_weights(lip_weight: float, motion_dim: int) -> torch.Tensor:

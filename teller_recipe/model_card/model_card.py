@@ -332,7 +332,7 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
 
 - Mouth size (table "What a viewer sees" above; these figures from `python -m teller_recipe.evaluation.portraits`
   on 2026-12-02, eleven portraits): at default settings, on real speech with pauses, the landmarker reads the lips
-  parting to a p90 of 0.120–0.169 of the eye-corner distance (≈ 1–1.5 cm) and a maximum of 0.16–0.23, 0.93–1.26 of
+  parting to a p90 of 0.118–0.160 of the eye-corner distance (≈ 1–1.5 cm) and a maximum of 0.16–0.23, 0.93–1.26 of
   what the phones ask, on ten of eleven portraits; the head bowed 30° reads 0.071 (its driven lips part 0.105, the
   render shows ~70 % of that). The photos whose lips are apart overshoot (ratio 1.21–1.26): at small openings the
   landmarker reads their rendered lips further apart than they are driven (0.025 → ~0.06), from the sealed seam
@@ -340,7 +340,7 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
   scanned smiles, from the whole mouth, which reads ~3 px taller than drawn whatever the seam looks like. Closed
   photos part where their lips meet in the photo (`GeometricRenderer.lip_seam_reach`), not at the landmarker's
   inner-lip line, which can lie a few pixels into a lip, and their mouth interior is as dark as a real one (a lit,
-  lip-red cavity was read as lip): Grace Hopper, Biden and the bearded photo read 0.122–0.126 (ratio 0.96–1.00),
+  lip-red cavity was read as lip): Grace Hopper, Biden and the bearded photo read 0.123–0.130 (ratio 0.97–1.03),
   from 0.106–0.116. Openings under ~0.05 still read smaller than driven, mostly the landmarker's own dead zone on
   these faces. Identity priors are clamped to the training faces' range (`MotionGenerator.fit_identity_range`) and
   lose their depth (`in_image_plane`): real photos land far outside a synthetic corpus' faces, and the generator

@@ -314,7 +314,7 @@ def rounded_ends(u: np.ndarray, a: np.ndarray, b: np.ndarray, length: float) -> 
 
 
 def synthesise_mouth(mouth: SourceMouth, u: np.ndarray, a: np.ndarray, b: np.ndarray, width: float,
-                     x0: int, y0: int, cfg: FrozenDict, synthesised: np.ndarray | None = None) -> np.ndarray:
+                     x0: int, y0: int, cfg: FrozenDict, synthesised: np.ndarray) -> np.ndarray:
     """Oral cavity, tongue and teeth in the mouth's local coordinates (float RGB in 0..1). `synthesised`: how
     much of the lip gap (px, per pixel's column) they fill, where the photo's own teeth fill the rest."""
     c = mouth.colors
@@ -331,10 +331,9 @@ def synthesise_mouth(mouth: SourceMouth, u: np.ndarray, a: np.ndarray, b: np.nda
     buccal = 1 - smoothstep((np.abs(s) - 0.7) / 0.25)
     # cavity: darkest at the back (the middle of the opening), lighter toward the corners and the lips beside them
     front = smoothstep((radius - cfg.cavity_depth) / (1.0 - cfg.cavity_depth))
-    if synthesised is not None:
-        # a slit under a photo's teeth is too shallow to hold the back's shadow: at its back's colour it read as a
-        # black line drawn under the teeth of a smiling photo (party_glasses, obama_smile)
-        front = np.maximum(front, 1 - smoothstep(synthesised / (SHADOWED_OPENING * width)))
+    # a slit under a photo's teeth is too shallow to hold the back's shadow: at its back's colour it read as a
+    # black line drawn under the teeth of a smiling photo (party_glasses, obama_smile)
+    front = np.maximum(front, 1 - smoothstep(synthesised / (SHADOWED_OPENING * width)))
     out = c["cavity_back"] + front[..., None] * (c["cavity_front"] - c["cavity_back"])
     # tongue: a low dome behind the lower lip, its back in the cavity's dark
     out = _tongue(out, c["tongue"], s, b, gap, rel_gap, corner, cfg)
