@@ -227,3 +227,26 @@ def test_photo_teeth_ride_on_the_upper_lip_and_its_lower_lip_on_the_lower(bands,
 
     depth, bright, redness = _gap_column(bands)
     assert _below_upper_teeth(depth, bright, redness, lip_redness=0.3, rows=16) == pytest.approx(split, abs=1 / 16)
+
+
+def test_lower_teeth_stand_on_the_photos_own_lower_interior():
+    """Under a photo's teeth the synthesised opening starts above the photo's own lower interior: the lower teeth
+    stand on it instead of hiding behind it (which left a flat black slab under jesper_speaking's teeth)."""
+    from teller_pipeline.models.renderer.mouth import GRAIN_TILE, SourceMouth, synthesise_mouth
+
+    colors = dict(teeth=np.array([0.95, 0.91, 0.82], np.float32), cavity_front=np.array([0.3, 0.1, 0.1], np.float32),
+                  cavity_back=np.array([0.05, 0.02, 0.02], np.float32), tongue=np.array([0.42, 0.17, 0.15], np.float32))
+    mouth = SourceMouth(contours=None, split=0.5, has_teeth=True, colors=colors, light_gradient=0.0,
+                        grain=np.zeros((GRAIN_TILE, GRAIN_TILE), np.float32))
+    width, gap, rows = 100.0, 40, np.arange(40, dtype=np.float64)[:, None] + 0.5  # one column, top to bottom
+    a, b, u = rows * np.ones((1, 3)), (gap - rows) * np.ones((1, 3)), np.full((gap, 3), 0.5)
+    config = GeometricRenderer().config
+
+    def lowest_teeth_top(on_lower_lip: float) -> float:
+        out = synthesise_mouth(mouth, u, a, b, width, 0, 0, config, np.full_like(a, gap - on_lower_lip), on_lower_lip)
+        teeth = _luma(out[:, 1] * 255) > 150
+        return float(b[np.argmax(teeth), 1])  # px above the lower lip where the lower teeth's top edge is
+
+    on_lip = lowest_teeth_top(0)
+    assert 0.6 * config.lower_teeth_height * width <= on_lip <= config.lower_teeth_height * width + 1
+    assert lowest_teeth_top(12) == pytest.approx(12 + on_lip, abs=1.0)

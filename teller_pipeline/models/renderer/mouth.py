@@ -26,6 +26,7 @@ TOOTH_EDGES = (0.0, 0.16, 0.3, 0.42, 0.53, 0.63, 0.72, 0.8, 1.01)
 GRAIN_TILE = 64
 TONGUE_HALF_WIDTH = 0.62  # half mouth widths: the tongue spans the lower arch
 CORNER_INSET = 0.03  # half mouth widths: the opening's round ends lie this far inside its corners
+CORNER_ROUNDNESS = 0.3  # how far before the corners the opening's ends start to round off (see `rounded_ends`)
 SHADOWED_OPENING = 0.12  # mouth widths: a synthesised opening this high or more is dark at its back
 CORNER_SEAL_HEIGHT = 0.8  # at a closing corner the sealed band is this × its widest (see `seal_lips`)
 
@@ -291,7 +292,7 @@ def composite_mouth(frame: np.ndarray, image: np.ndarray, mouth: SourceMouth, po
     # where the two parts meet
     upper = np.clip(ext_up + 0.5 * np.maximum(gap - gap_s, 0.0) - a + 0.5, 0, 1)[..., None]
     region = frame[y0 : y0 + h, x0 : x0 + w].astype(np.float32) / 255.0
-    interior = synthesise_mouth(mouth, u, a, b, dst.length, x0, y0, cfg, np.maximum(gap - gap_s, 0.0))
+    interior = synthesise_mouth(mouth, u, a, b, dst.length, x0, y0, cfg, np.maximum(gap - gap_s, 0.0), ext_lo)
     interior = region + rounded_ends(u, a, b, dst.length)[..., None] * (interior - region)
     for weight, v_s, shown in ((upper, up_s + a, ext_up - a), (1 - upper, lo_s - b, ext_lo - b)):
         real_alpha = weight * np.clip(shown + 0.5, 0, 1)[..., None]
@@ -309,16 +310,21 @@ def rounded_ends(u: np.ndarray, a: np.ndarray, b: np.ndarray, length: float) -> 
     s = 2.0 * u - 1.0
     t = (a - b) / np.maximum(a + b, 1e-6)
     # an ellipse through the corners' insets: its ends are round (upright) whatever the angle of the points
-    inside = (1.0 - CORNER_INSET - np.sqrt(s * s + (0.3 * t) ** 2)) * 0.5 * length  # px inside its outline
+    inside = (1.0 - CORNER_INSET - np.sqrt(s * s + (CORNER_ROUNDNESS * t) ** 2)) * 0.5 * length  # px inside
     return np.clip(inside / 1.5 + 0.5, 0, 1)  # soft over 1.5 px
 
 
 def synthesise_mouth(mouth: SourceMouth, u: np.ndarray, a: np.ndarray, b: np.ndarray, width: float,
-                     x0: int, y0: int, cfg: FrozenDict, synthesised: np.ndarray) -> np.ndarray:
+                     x0: int, y0: int, cfg: FrozenDict, synthesised: np.ndarray,
+                     on_lower_lip: np.ndarray | float = 0.0) -> np.ndarray:
     """Oral cavity, tongue and teeth in the mouth's local coordinates (float RGB in 0..1). `synthesised`: how
-    much of the lip gap (px, per pixel's column) they fill, where the photo's own teeth fill the rest."""
+    much of the lip gap (px, per pixel's column) they fill, where the photo's own interior fills the rest;
+    `on_lower_lip`: how much of that rides on the lower lip (px), above which the tongue and lower teeth rise."""
     c = mouth.colors
     gap = np.maximum(a + b, 1e-6)
+    # the tongue and lower teeth stand on the photo's own lower interior: measured from the lower lip they hid
+    # behind it and left a flat black slab under a photo's teeth (jesper_speaking)
+    floor = np.maximum(b - on_lower_lip, 0.0)
     s = 2.0 * u - 1.0  # -1..1 across the mouth
     rel_gap = gap / width
     # where a pixel sits on an ellipse inscribed in the opening: 0 at its centre, 1 at the corners and 0.5 at the
@@ -336,19 +342,20 @@ def synthesise_mouth(mouth: SourceMouth, u: np.ndarray, a: np.ndarray, b: np.nda
     front = np.maximum(front, 1 - smoothstep(synthesised / (SHADOWED_OPENING * width)))
     out = c["cavity_back"] + front[..., None] * (c["cavity_front"] - c["cavity_back"])
     # tongue: a low dome behind the lower lip, its back in the cavity's dark
-    out = _tongue(out, c["tongue"], s, b, gap, rel_gap, corner, cfg)
+    # the lower teeth show once the jaw is well open; the tongue rises above them (behind them it was hidden)
+    lower_teeth = cfg.lower_teeth_height * width * smoothstep((rel_gap - cfg.lower_teeth_opening) / 0.1)
+    out = _tongue(out, c["tongue"], s, floor, np.minimum(synthesised, gap), lower_teeth, rel_gap, corner, cfg)
     # teeth: lower ones (only when the jaw is well open, mostly hidden by the lower lip), then upper ones
     tooth, within, to_edge = tooth_pattern(np.abs(s), width)
     # lower teeth sit deeper in the mouth, in the upper teeth's shadow: a little darker; lit from above, they get
     # no shadow from the lower lip (a shaded lower row read as a grey band, and the landmarker took it for lip)
-    rows = [("lower", b, 0.92, False)] + ([] if mouth.has_teeth else [("upper", a, 1.0, True)])
+    rows = [("lower", floor, 0.92, False)] + ([] if mouth.has_teeth else [("upper", a, 1.0, True)])
     for name, dist, brightness, lip_shadow in rows:
         if name == "upper":
             height = np.minimum(cfg.upper_teeth_height * width, cfg.upper_teeth_max_fraction * gap)
             arch = np.sqrt(np.clip(1 - (s / 0.97) ** 2, 0, 1))
         else:
-            shown = smoothstep((rel_gap - cfg.lower_teeth_opening) / 0.1)
-            height = cfg.lower_teeth_height * width * shown
+            height = lower_teeth
             arch = np.sqrt(np.clip(1 - (s / 0.65) ** 2, 0, 1))
             brightness = brightness * (1 - 0.4 * np.minimum(np.abs(s) / 0.65, 1) ** 2)  # the arch curves back
         length = height * arch * (1 - 0.1 * within**2)  # each tooth's edge is slightly rounded
@@ -376,9 +383,12 @@ def synthesise_mouth(mouth: SourceMouth, u: np.ndarray, a: np.ndarray, b: np.nda
 
 
 def _tongue(out: np.ndarray, color: np.ndarray, s: np.ndarray, b: np.ndarray, gap: np.ndarray,
-            rel_gap: np.ndarray, corner: np.ndarray, cfg: FrozenDict) -> np.ndarray:
-    """The tongue over the cavity: a dome on the floor of the mouth, as high as `cfg.tongue_height` × the gap."""
-    top = cfg.tongue_height * gap * np.clip(1 - (s / TONGUE_HALF_WIDTH) ** 2, 0, 1) ** 0.8
+            lower_teeth: np.ndarray, rel_gap: np.ndarray, corner: np.ndarray, cfg: FrozenDict) -> np.ndarray:
+    """The tongue over the cavity: a dome on the floor of the mouth `b` px below, rising `cfg.tongue_height` × the
+    cavity's height `gap` above the `lower_teeth` (px) in front of it, once the lips are `cfg.tongue_opening`
+    mouth widths (`rel_gap`) apart."""
+    rise = lower_teeth + cfg.tongue_height * np.maximum(gap - lower_teeth, 0.0)
+    top = rise * np.clip(1 - (s / TONGUE_HALF_WIDTH) ** 2, 0, 1) ** 0.8
     top *= smoothstep((rel_gap - cfg.tongue_opening) / 0.15)
     if top.max() < 0.5:
         return out
