@@ -126,25 +126,27 @@ def warp_photo(frame: np.ndarray, image: np.ndarray, mesh: ControlMesh, src: np.
     tri_depth = np.where(mesh.anchor_triangle[moving], np.inf, depth[tris].mean(1))
     tris = tris[np.argsort(-tri_depth, kind="stable")]
     p, q = dst[tris], src[tris]  # (T, 3, 2)
-    x0, y0 = np.maximum(np.floor(p.min((0, 1))).astype(int) - 1, 0)
-    x1, y1 = np.minimum(np.ceil(p.max((0, 1))).astype(int) + 2, [width, height])
+    extent = (p.min(1), p.max(1))  # each triangle's bounding box, for every map below
+    x0, y0 = np.maximum(np.floor(extent[0].min(0)).astype(int) - 1, 0)
+    x1, y1 = np.minimum(np.ceil(extent[1].max(0)).astype(int) + 2, [width, height])
     if x1 <= x0 or y1 <= y0:
         return
     step = mesh.grid_step
-    full = dense_map(p, q, (x0, y0, x1, y1), step, (height, width), border_margin)
+    full = dense_map(p, q, extent, (x0, y0, x1, y1), step, (height, width), border_margin)
     detail_step = max(1, round(step / 3))
     if detail_step < step:
         for bx0, by0, bx1, by1 in detail_boxes(dst, detail_margin):
             bx0, by0, bx1, by1 = max(bx0, x0), max(by0, y0), min(bx1, x1), min(by1, y1)
             if bx1 > bx0 and by1 > by0:
-                fine = dense_map(p, q, (bx0, by0, bx1, by1), detail_step, (height, width), border_margin)
+                fine = dense_map(p, q, extent, (bx0, by0, bx1, by1), detail_step, (height, width), border_margin)
                 full[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0] = fine
     frame[y0:y1, x0:x1] = cv2.remap(image, full, None, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
 
 
-def dense_map(p: np.ndarray, q: np.ndarray, box: tuple[int, int, int, int], step: int, shape: tuple[int, int],
-              border_margin: float) -> np.ndarray:
-    """Source coordinates (h, w, 2) float32 of the pixels in `box`, for triangles `p` (driven) → `q`.
+def dense_map(p: np.ndarray, q: np.ndarray, extent: tuple[np.ndarray, np.ndarray], box: tuple[int, int, int, int],
+              step: int, shape: tuple[int, int], border_margin: float) -> np.ndarray:
+    """Source coordinates (h, w, 2) float32 of the pixels in `box`, for triangles `p` (driven) → `q`, whose
+    bounding boxes are `extent` (least and greatest corners, (T, 2) each).
 
     Grid nodes sit at pixel i·step + off, where cv2.resize puts its samples; an extra node on each side
     keeps resize's edge clamping out of the box. Nodes no moving triangle covers stay in place, and
@@ -157,8 +159,8 @@ def dense_map(p: np.ndarray, q: np.ndarray, box: tuple[int, int, int, int], step
     i1, j1 = int(np.ceil((x1 - 1 - off) / step)) + 2, int(np.ceil((y1 - 1 - off) / step)) + 2
     node_x = np.arange(i0, i1) * step + off
     node_y = np.arange(j0, j1) * step + off
-    near = ((p[..., 0].max(1) >= node_x[0]) & (p[..., 0].min(1) <= node_x[-1])
-            & (p[..., 1].max(1) >= node_y[0]) & (p[..., 1].min(1) <= node_y[-1]))
+    lo, hi = extent
+    near = (hi[:, 0] >= node_x[0]) & (lo[:, 0] <= node_x[-1]) & (hi[:, 1] >= node_y[0]) & (lo[:, 1] <= node_y[-1])
     g0 = np.array([i0, j0])
     disp = rasterise((p[near] - off) / step - g0, q[near], i1 - i0, j1 - j0, step, off, g0)
     margin = border_margin * min(width, height)
