@@ -250,3 +250,20 @@ def test_lower_teeth_stand_on_the_photos_own_lower_interior():
     on_lip = lowest_teeth_top(0)
     assert 0.6 * config.lower_teeth_height * width <= on_lip <= config.lower_teeth_height * width + 1
     assert lowest_teeth_top(12) == pytest.approx(12 + on_lip, abs=1.0)
+
+
+def test_the_opening_between_a_photos_teeth_ends_in_round_caps():
+    """The synthesised part of an opening ends round at the corners, whatever lies above and below it: cut square, a
+    band between a photo's two rows of teeth read as a black bar laid across the mouth (jesper_speaking)."""
+    from teller_pipeline.models.renderer.mouth import CORNER_INSET, rounded_ends
+
+    length, height = 60.0, 12.0
+    below_top = np.arange(13, dtype=np.float64)[:, None] * np.ones((1, 200))  # rows of the part, top to bottom
+    u = np.linspace(0.5, 1.0, 200)[None, :] * np.ones((13, 1))  # from the middle to a corner
+    opacity = rounded_ends(u, below_top, np.full_like(u, height), length)
+    end_px = (1 - CORNER_INSET) * 0.5 * length  # where the middle row ends, px from the mouth's centre
+    x = (2 * u[0] - 1) * 0.5 * length
+    last = [x[np.flatnonzero(row > 0.5)].max() for row in opacity]
+    assert last[6] == pytest.approx(end_px, abs=1.0)  # the middle row reaches the end
+    assert last[0] < end_px - 0.6 * height / 2 and last[-1] < end_px - 0.6 * height / 2  # its edges stop short
+    assert np.all(np.diff(last[:7]) >= -1e-9) and np.all(np.diff(last[6:]) <= 1e-9)  # a cap, not a notch

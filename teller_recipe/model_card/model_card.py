@@ -367,8 +367,8 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
   A photo's own teeth ride on its upper lip and the rest of its lip gap on the lower one (`mouth._below_upper_teeth`);
   the synthesized cavity between them is dark and plain, its lower teeth and tongue standing on the photo's own
   lower interior, and on a broad smile that opens a little further it shows as a thin dark line under the teeth.
-  Where a photo shows both rows of teeth (jesper_speaking), a wide opening is a flat black band between them with
-  blunt ends.
+  Where a photo shows both rows of teeth (jesper_speaking), a wide opening is a flat dark band between them, with
+  round ends that reach a little past the photo's teeth toward the corners.
   On the full beard (`giunchedi_beard.jpg`, real speech, `python -m teller_recipe.evaluation.portraits --corpus
   none --held-out 0`, 2026-12-02) the mouth opens with teeth and a dark cavity and closes on p/b/m and in pauses
   (bilabial ratio 0.03, closed in 100 % of silent frames, r 0.90), but reads small like the other closed-mouth

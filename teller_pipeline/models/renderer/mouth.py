@@ -26,7 +26,7 @@ TOOTH_EDGES = (0.0, 0.16, 0.3, 0.42, 0.53, 0.63, 0.72, 0.8, 1.01)
 GRAIN_TILE = 64
 TONGUE_HALF_WIDTH = 0.62  # half mouth widths: the tongue spans the lower arch
 CORNER_INSET = 0.03  # half mouth widths: the opening's round ends lie this far inside its corners
-CORNER_ROUNDNESS = 0.3  # how far before the corners the opening's ends start to round off (see `rounded_ends`)
+CORNER_ROUNDNESS = 1.0  # length of the opening's round end caps over its height (see `rounded_ends`)
 SHADOWED_OPENING = 0.12  # mouth widths: a synthesised opening this high or more is dark at its back
 CORNER_SEAL_HEIGHT = 0.8  # at a closing corner the sealed band is this × its widest (see `seal_lips`)
 
@@ -290,10 +290,11 @@ def composite_mouth(frame: np.ndarray, image: np.ndarray, mouth: SourceMouth, po
     ext_up, ext_lo = mouth.split * gap_s, (1 - mouth.split) * gap_s
     # which lip a pixel's content rides on, anti-aliased over a pixel: a hard switch drew a stair-stepped seam
     # where the two parts meet
-    upper = np.clip(ext_up + 0.5 * np.maximum(gap - gap_s, 0.0) - a + 0.5, 0, 1)[..., None]
+    synthesised = np.maximum(gap - gap_s, 0.0)
+    upper = np.clip(ext_up + 0.5 * synthesised - a + 0.5, 0, 1)[..., None]
     region = frame[y0 : y0 + h, x0 : x0 + w].astype(np.float32) / 255.0
-    interior = synthesise_mouth(mouth, u, a, b, dst.length, x0, y0, cfg, np.maximum(gap - gap_s, 0.0), ext_lo)
-    interior = region + rounded_ends(u, a, b, dst.length)[..., None] * (interior - region)
+    interior = synthesise_mouth(mouth, u, a, b, dst.length, x0, y0, cfg, synthesised, ext_lo)
+    interior = region + rounded_ends(u, a - ext_up, synthesised, dst.length)[..., None] * (interior - region)
     for weight, v_s, shown in ((upper, up_s + a, ext_up - a), (1 - upper, lo_s - b, ext_lo - b)):
         real_alpha = weight * np.clip(shown + 0.5, 0, 1)[..., None]
         if real_alpha.max() > 0:
@@ -303,14 +304,17 @@ def composite_mouth(frame: np.ndarray, image: np.ndarray, mouth: SourceMouth, po
     frame[y0 : y0 + h, x0 : x0 + w] = np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def rounded_ends(u: np.ndarray, a: np.ndarray, b: np.ndarray, length: float) -> np.ndarray:
-    """Opacity that ends a mouth opening in round caps just inside the points of the landmarks' outline, where
-    the warped lips show instead: a dark interior drawn into those points read as hard polygon corners.
-    `u`, `a`, `b` as from `opening_pixels`."""
-    s = 2.0 * u - 1.0
-    t = (a - b) / np.maximum(a + b, 1e-6)
-    # an ellipse through the corners' insets: its ends are round (upright) whatever the angle of the points
-    inside = (1.0 - CORNER_INSET - np.sqrt(s * s + (CORNER_ROUNDNESS * t) ** 2)) * 0.5 * length  # px inside
+def rounded_ends(u: np.ndarray, below_top: np.ndarray, height: np.ndarray, length: float) -> np.ndarray:
+    """Opacity that ends the synthesised part of a mouth opening in round caps just inside the points of the
+    landmarks' outline, where the warped lips show instead: a dark interior drawn into those points read as hard
+    polygon corners, and under a photo's teeth, with ends cut square, as a black bar laid across the mouth
+    (jesper_speaking). `u` as from `opening_pixels`; `below_top`: px below the synthesised part's top edge;
+    `height`: its height (px) in the pixel's column; `length`: the mouth's width (px)."""
+    half = np.maximum(0.5 * height, 1e-6)
+    # each cap a half-ellipse as tall as the part and CORNER_ROUNDNESS × its half height long
+    across = np.clip((below_top - half) / half, -1.0, 1.0)
+    cap = CORNER_ROUNDNESS * half * (1.0 - np.sqrt(1.0 - across * across))
+    inside = (1.0 - CORNER_INSET - np.abs(2.0 * u - 1.0)) * 0.5 * length - cap  # px inside the cap
     return np.clip(inside / 1.5 + 0.5, 0, 1)  # soft over 1.5 px
 
 
