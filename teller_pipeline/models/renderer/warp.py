@@ -212,8 +212,9 @@ def rasterise(grid: np.ndarray, q: np.ndarray, nx: int, ny: int, step: int, off:
     # Same arithmetic as the straightforward per-pair version, element for element (so the same bits), but
     # everything that depends only on the triangle (inverse determinant, edges, source corners) is computed
     # once per triangle and gathered from contiguous arrays, the source position only for covered nodes, and
-    # each triangle visits, row by row, only the nodes between its edges (a margin wider, so that the inside
-    # test below still decides, as it did over the whole bounding box: 2.4x fewer pairs on a face)
+    # each triangle visits, row by row, only the nodes between its edges, SPAN_MARGIN wider: 2.4x fewer pairs on a
+    # face. The inside test below still decides, as over the whole bounding box, except at the tip of a sliver,
+    # whose tolerance can reach further along a row than the margin (there a neighbour's nearly equal value stays)
     p0, e1, e2 = grid[:, 0], grid[:, 1] - grid[:, 0], grid[:, 2] - grid[:, 0]
     det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
     ok = np.abs(det) > 1e-9
