@@ -234,6 +234,7 @@ class TellerPipeline(DiffusionPipeline):
         )
         self.face_landmarker_path: Path | None = None
         self._face_analyzer: FaceAnalyzer | None = None
+        self._face_analyzer_pid = 0  # the process that made it
         self.set_progress_bar_config(disable=True)
         _own_aligned_memory(self)  # whichever loader built the components: this class's or DiffusionPipeline's
 
@@ -320,8 +321,12 @@ class TellerPipeline(DiffusionPipeline):
 
     @property
     def face_analyzer(self) -> FaceAnalyzer:
-        if self._face_analyzer is None:
+        """MediaPipe's face landmarker, made on first use in each process: one made before a fork hangs in the
+        child (its worker threads stay behind in the parent), and a ZeroGPU Space runs each GPU call in a forked
+        worker, after the app's own process has analysed a Live tab portrait."""
+        if self._face_analyzer is None or self._face_analyzer_pid != os.getpid():
             self._face_analyzer = FaceAnalyzer(self._landmarker_file())
+            self._face_analyzer_pid = os.getpid()
         return self._face_analyzer
 
     @property

@@ -451,3 +451,35 @@ def test_motion_encoder_round_trip_is_under_one_percent_of_the_eye_distance(pipe
         error = np.linalg.norm(rebuilt[:, :2] - points[:, :2], axis=1) / rig.inter_ocular_distance(points)
         assert error[rig.KEYPOINT_INDICES].max() < 1e-3
         assert error.mean() < 0.01
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_worker_analyses_a_portrait_after_its_parent_did(pipe):
+    """A ZeroGPU Space runs each GPU call (Generate) in a worker forked from the app's process, which has analysed
+    portraits itself (the Live tab's): the worker finds the face too. MediaPipe's landmarker made before the fork
+    hung in the child (its worker threads stay in the parent), until the pipeline made one per process."""
+    import os
+    import time
+
+    pipe.prepare_source(ASTRONAUT, max_size=256)  # the parent's landmarker exists before the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker: report how many faces it found, then leave without pytest's teardown
+        try:
+            source = pipe.prepare_source(ASTRONAUT, max_size=256)
+            os.write(write, str(source.num_faces).encode())
+        except BaseException as error:  # noqa: BLE001 (told to the parent)
+            os.write(write, repr(error).encode()[:4000])
+        finally:
+            os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    found = os.read(read, 4096).decode()
+    os.close(read)
+    assert done[0] != 0, "the forked worker hung analysing the portrait"
+    assert found == "1", found
