@@ -51,6 +51,17 @@ RENDER_THREADS = max(1, min(FRAMES_PER_SLICE, int(os.environ.get("TELLER_RENDER_
 _render_pool: ThreadPoolExecutor | None = None
 _render_pool_lock = threading.Lock()
 
+
+def _forget_render_pool() -> None:
+    """In a forked child the pool's threads are gone (they stay in the parent) and work handed to it never ran: the
+    child makes its own (a ZeroGPU Space runs each GPU call in a forked worker)."""
+    global _render_pool, _render_pool_lock
+    _render_pool, _render_pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_render_pool)
+
 # torch's intra-op threads for the package's own model calls (`num_threads=None` in the pipeline's calls). The
 # models are small (short sequences, 512-wide layers) while the renderer, the video encoder and whatever else runs
 # on the machine use the other cores: on 2 cores with neighbours, torch's second thread waits on the busy core and
