@@ -320,7 +320,7 @@ def rounded_ends(u: np.ndarray, below_top: np.ndarray, height: np.ndarray, lengt
 
 def synthesise_mouth(mouth: SourceMouth, u: np.ndarray, a: np.ndarray, b: np.ndarray, width: float,
                      x0: int, y0: int, cfg: FrozenDict, synthesised: np.ndarray,
-                     on_lower_lip: np.ndarray | float = 0.0) -> np.ndarray:
+                     on_lower_lip: np.ndarray | float) -> np.ndarray:
     """Oral cavity, tongue and teeth in the mouth's local coordinates (float RGB in 0..1). `synthesised`: how
     much of the lip gap (px, per pixel's column) they fill, where the photo's own interior fills the rest;
     `on_lower_lip`: how much of that rides on the lower lip (px), above which the tongue and lower teeth rise."""
