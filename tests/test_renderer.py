@@ -16,6 +16,9 @@ from teller_pipeline.models.renderer import GeometricRenderer
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PORTRAITS = {"astronaut": EXAMPLES / "astronaut.png", "grace_hopper": EXAMPLES / "grace_hopper.jpg"}
+# head turns also on a three-quarter view and a bowed head, where a turn folds the far cheek behind the nose
+TURNING_PORTRAITS = {**PORTRAITS, "party_three_quarter": EXAMPLES / "party_three_quarter.jpg",
+                     "jesper_head_down": EXAMPLES / "jesper_head_down.jpg"}
 KEY = {name: i for i, name in enumerate(rig.KEYPOINT_NAMES)}
 
 
@@ -24,7 +27,7 @@ def kit():
     mesh = load_canonical_mesh(find_face_landmarker_model())
     analyzer = FaceAnalyzer()
     portraits = {}
-    for name, path in PORTRAITS.items():
+    for name, path in TURNING_PORTRAITS.items():
         image = np.asarray(Image.open(path).convert("RGB"))
         portraits[name] = (image, analyzer.largest_face(image))
     yield dict(
@@ -146,19 +149,33 @@ def test_closed_eyes_show_eyelid_skin(kit, name):
         assert seen["eyeBlinkLeft"] + seen["eyeBlinkRight"] > before + 0.1, seen
 
 
-@pytest.mark.parametrize("name", PORTRAITS)
-@pytest.mark.parametrize("pose", [dict(yaw=10.0), dict(yaw=-10.0), dict(pitch=10.0, roll=-8.0)])
-def test_head_turn_moves_the_head_and_keeps_the_rest(kit, name, pose):
+# jesper_head_down raised 10° and rolled 8°: its dark background spreads as the chin rises (96 more near-black pixels
+# than the check for holes below allows, which it cannot tell from a hole), and its forehead, cut by the photo's top
+# edge, ripples in horizontal waves where it is pushed against the pinned border (seen from pitch 5°), which no
+# assertion here measures
+BOWED_HEAD_RAISED = pytest.mark.xfail(strict=True, reason="the dark background spreads as the chin rises; the "
+                                      "forehead ripples against the top edge (not measured)")
+
+
+@pytest.mark.parametrize("name", TURNING_PORTRAITS)
+@pytest.mark.parametrize("pose", [
+    dict(yaw=10.0), dict(yaw=-10.0), pytest.param(dict(pitch=10.0, roll=-8.0), id="raised-and-rolled")])
+def test_head_turn_moves_the_head_and_keeps_the_rest(kit, name, pose, request):
+    if name == "jesper_head_down" and pose.get("pitch"):
+        request.applymarker(BOWED_HEAD_RAISED)
     image, face, source, state = _setup(kit, name)
     encoder = kit["encoder"]
     driven = encoder.decode(source, _open_mouth(_turn(encoder.neutral_motion(), **pose), 0.8))
     frame = kit["renderer"].render(state, driven)
     height, width = image.shape[:2]
+    # the corners stay put where the face is far from them (on the small party and bowed-head photos the neck and
+    # shoulders reach the corners and move with the head); the image border always does
     corner = min(height, width) // 12
     for ys, xs in ((slice(0, corner), slice(0, corner)), (slice(0, corner), slice(-corner, None)),
                    (slice(-corner, None), slice(0, corner)), (slice(-corner, None), slice(-corner, None))):
-        assert np.array_equal(frame[ys, xs], image[ys, xs])
+        assert name not in PORTRAITS or np.array_equal(frame[ys, xs], image[ys, xs])
     assert np.array_equal(frame[0], image[0]) and np.array_equal(frame[-1], image[-1])
+    assert np.array_equal(frame[:, 0], image[:, 0]) and np.array_equal(frame[:, -1], image[:, -1])
     # no holes: nothing black (or otherwise empty) that was not there
     assert (frame.max(-1) <= 8).sum() <= (image.max(-1) <= 8).sum() + 20
     # the face moved, and where it did the frame is still the photo's colours (no smearing to flat grey)
