@@ -151,10 +151,10 @@ def test_closed_eyes_show_eyelid_skin(kit, name):
 
 # jesper_head_down raised 10° and rolled 8°: its dark background spreads as the chin rises (96 more near-black pixels
 # than the check for holes below allows, which it cannot tell from a hole), and its forehead, cut by the photo's top
-# edge, ripples in horizontal waves where it is pushed against the pinned border (seen from pitch 5°), which no
-# assertion here measures
+# edge, shows zigzag streaks there (seen from pitch 5°), which no assertion here measures: the face moves down, away
+# from the edge, and the map takes rows from up to 17 px above the photo, folded against the edge
 BOWED_HEAD_RAISED = pytest.mark.xfail(strict=True, reason="the dark background spreads as the chin rises; the "
-                                      "forehead ripples against the top edge (not measured)")
+                                      "forehead streaks along the top edge (not measured)")
 
 
 @pytest.mark.parametrize("name", TURNING_PORTRAITS)
