@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import time
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -453,15 +455,12 @@ def test_motion_encoder_round_trip_is_under_one_percent_of_the_eye_distance(pipe
         assert error.mean() < 0.01
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_worker_animates_a_portrait_after_its_parent_did(pipe):
     """A ZeroGPU Space runs each GPU call (Generate) in a worker forked from the app's process, which may have
     analysed portraits and rendered frames itself: the worker does both too. A face landmarker or a render thread
     pool made before the fork hung in the child (their threads stay in the parent), until each process made its
     own."""
-    import os
-    import time
-
     silence = np.zeros(8000, np.float32)
     source = pipe.prepare_source(ASTRONAUT, max_size=256)
     frames = pipe.start_session(source).push(silence)  # the parent's landmarker and render pool exist

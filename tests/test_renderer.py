@@ -171,9 +171,10 @@ def test_head_turn_moves_the_head_and_keeps_the_rest(kit, name, pose, request):
     # the corners stay put where the face is far from them (on the small party and bowed-head photos the neck and
     # shoulders reach the corners and move with the head); the image border always does
     corner = min(height, width) // 12
-    for ys, xs in ((slice(0, corner), slice(0, corner)), (slice(0, corner), slice(-corner, None)),
-                   (slice(-corner, None), slice(0, corner)), (slice(-corner, None), slice(-corner, None))):
-        assert name not in PORTRAITS or np.array_equal(frame[ys, xs], image[ys, xs])
+    if name in PORTRAITS:
+        for ys, xs in ((slice(0, corner), slice(0, corner)), (slice(0, corner), slice(-corner, None)),
+                       (slice(-corner, None), slice(0, corner)), (slice(-corner, None), slice(-corner, None))):
+            assert np.array_equal(frame[ys, xs], image[ys, xs])
     assert np.array_equal(frame[0], image[0]) and np.array_equal(frame[-1], image[-1])
     assert np.array_equal(frame[:, 0], image[:, 0]) and np.array_equal(frame[:, -1], image[:, -1])
     # no holes: nothing black (or otherwise empty) that was not there

@@ -26,7 +26,7 @@ TOOTH_EDGES = (0.0, 0.16, 0.3, 0.42, 0.53, 0.63, 0.72, 0.8, 1.01)
 GRAIN_TILE = 64
 TONGUE_HALF_WIDTH = 0.62  # half mouth widths: the tongue spans the lower arch
 CORNER_INSET = 0.03  # half mouth widths: the opening's round ends lie this far inside its corners
-CORNER_ROUNDNESS = 1.0  # length of the opening's round end caps over its height (see `rounded_ends`)
+CORNER_ROUNDNESS = 1.0  # length of the opening's round end caps over half its height (see `rounded_ends`)
 SHADOWED_OPENING = 0.12  # mouth widths: a synthesised opening this high or more is dark at its back
 CORNER_SEAL_HEIGHT = 0.8  # at a closing corner the sealed band is this × its widest (see `seal_lips`)
 

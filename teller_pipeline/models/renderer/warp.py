@@ -187,6 +187,11 @@ def detail_boxes(dst: np.ndarray, detail_margin: float) -> list[tuple[int, int, 
 SPAN_MARGIN = 0.05  # grid units: a row's span is widened by this (far more than the inside test's tolerance)
 
 
+def _places(counts: np.ndarray) -> np.ndarray:
+    """0, 1, …, counts[0] - 1, then 0, 1, …, counts[1] - 1, …: each item's place within its group."""
+    return np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+
+
 def _row_spans(grid: np.ndarray, tri: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Where row `y` (grid units) enters and leaves triangle `tri`: the least and greatest x of its edges there."""
     lo, hi = np.full(len(y), np.inf), np.full(len(y), -np.inf)
@@ -230,7 +235,7 @@ def rasterise(grid: np.ndarray, q: np.ndarray, nx: int, ny: int, step: int, off:
         return disp
     # every (triangle, row) in the triangles' bounding boxes, and the columns its edges span on that row
     tri = np.repeat(np.arange(len(heights)), heights)
-    row_j = j0[tri] + np.arange(rows) - np.repeat(np.cumsum(heights) - heights, heights)
+    row_j = j0[tri] + _places(heights)
     span_lo, span_hi = _row_spans(grid, tri, row_j.astype(np.float64))
     row_i0 = np.maximum(np.ceil(span_lo - SPAN_MARGIN), i0[tri]).astype(np.int64)
     row_i1 = np.minimum(np.floor(span_hi + SPAN_MARGIN), i1[tri]).astype(np.int64)
@@ -241,7 +246,7 @@ def rasterise(grid: np.ndarray, q: np.ndarray, nx: int, ny: int, step: int, off:
     # then every node of those spans, and keep the nodes inside
     pair_row = np.repeat(np.arange(rows), counts)
     tri = tri[pair_row]
-    gi = row_i0[pair_row] + np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    gi = row_i0[pair_row] + _places(counts)
     gj = row_j[pair_row]
     vx = gi - p0[:, 0].copy()[tri]
     vy = gj - p0[:, 1].copy()[tri]
