@@ -369,8 +369,9 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
   lower interior, and on a broad smile that opens a little further it shows as a thin dark line under the teeth.
   Where a photo shows both rows of teeth (jesper_speaking), a wide opening is a flat dark band between them, with
   round ends that reach a little past the photo's teeth toward the corners.
-  A face cut by the photo's edge (jesper_head_down's forehead, at the top) shows zigzag streaks along that edge
-  when the head is raised 5° or more (`tests/test_renderer.py -k head_turn`, a strict xfail).
+  A face cut by the photo's edge (jesper_head_down's forehead, at the top) cannot bring in what lies beyond it:
+  as the head rises or turns, the rows next to that edge stretch and the motion there is held back to half their
+  distance from it (`tests/test_renderer.py -k "cut_by_the_top_edge or head_turn"`).
   On the full beard (`giunchedi_beard.jpg`, real speech, `python -m teller_recipe.evaluation.portraits --corpus
   none --held-out 0`, 2026-12-02) the mouth opens with teeth and a dark cavity and closes on p/b/m and in pauses
   (bilabial ratio 0.03, closed in 100 % of silent frames, r 0.90), but reads small like the other closed-mouth

@@ -167,6 +167,18 @@ def dense_map(p: np.ndarray, q: np.ndarray, extent: tuple[np.ndarray, np.ndarray
     fade_x = np.clip((np.minimum(node_x, width - 1 - node_x) - step) / margin, 0, 1)
     fade_y = np.clip((np.minimum(node_y, height - 1 - node_y) - step) / margin, 0, 1)
     disp *= np.minimum.outer(fade_y, fade_x).astype(np.float32)[..., None]
+    # A face the photo's edge cuts, moved along or away from that edge, needs what the photo does not have: rows
+    # from beyond the edge (BORDER_REPLICATE streaks) or a shear squeezed into the fade (slanted streaks, folded:
+    # jesper_head_down raised). So near a border a pixel moves at most BORDER_GIVE of its distance to it, along the
+    # border or away from it; toward the inside it moves freely (a jaw dropping toward the bottom edge).
+    to_left, to_right = np.maximum(node_x - step, 0), np.maximum(width - 1 - step - node_x, 0)
+    to_top, to_bottom = np.maximum(node_y - step, 0), np.maximum(height - 1 - step - node_y, 0)
+    along_x = BORDER_GIVE * np.minimum(to_top, to_bottom)[:, None]  # x moves along the top and bottom edges
+    along_y = BORDER_GIVE * np.minimum(to_left, to_right)[None, :]
+    np.clip(disp[..., 0], -np.minimum(BORDER_GIVE * to_left[None, :], along_x),
+            np.minimum(BORDER_GIVE * to_right[None, :], along_x), out=disp[..., 0])
+    np.clip(disp[..., 1], -np.minimum(BORDER_GIVE * to_top[:, None], along_y),
+            np.minimum(BORDER_GIVE * to_bottom[:, None], along_y), out=disp[..., 1])
     disp[..., 0] += node_x.astype(np.float32)[None, :]
     disp[..., 1] += node_y.astype(np.float32)[:, None]
     if step > 1:
@@ -184,6 +196,7 @@ def detail_boxes(dst: np.ndarray, detail_margin: float) -> list[tuple[int, int, 
     return boxes
 
 
+BORDER_GIVE = 0.5  # see `dense_map`
 SPAN_MARGIN = 0.05  # grid units: a row's span is widened by this (far more than the inside test's tolerance)
 
 
