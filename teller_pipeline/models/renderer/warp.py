@@ -5,8 +5,8 @@ neck, background). Anchors follow the head's rigid 2D motion and the oval's own 
 falloff (slow above the face, where hair and hats ride on the head; faster below, where the neck and
 shoulders stay put); the outermost ring and the image border are fixed. Per frame the destination triangles
 are rasterised (barycentric → source coordinates, nearest triangle drawn last) on a coarse grid, and per
-pixel around the mouth and eyes; the map is upsampled and `cv2.remap` samples the photo. Only the moving
-region is touched, so the source's own landmarks give back the photo exactly.
+pixel around the mouth and eyes and along folds; the map is upsampled and `cv2.remap` samples the photo. Only
+the moving region is touched, so the source's own landmarks give back the photo exactly.
 """
 
 from __future__ import annotations
@@ -117,7 +117,8 @@ def warp_photo(frame: np.ndarray, image: np.ndarray, mesh: ControlMesh, src: np.
     """Backward piecewise-affine warp of the moving region of `image`, written into `frame`.
 
     The map is rasterised on a coarse grid and upsampled, except around the eyes and the mouth, where the
-    lids and lips squeeze whole regions into a line: there it is rasterised (nearly) per pixel.
+    lids and lips squeeze whole regions into a line: there it is rasterised (nearly) per pixel; and along the
+    seams where a turned face folds over itself (`seam_boxes`), per pixel.
     """
     height, width = frame.shape[:2]
     moving = moved[mesh.triangles].any(1)
@@ -131,15 +132,14 @@ def warp_photo(frame: np.ndarray, image: np.ndarray, mesh: ControlMesh, src: np.
     x1, y1 = np.minimum(np.ceil(extent[1].max(0)).astype(int) + 2, [width, height])
     if x1 <= x0 or y1 <= y0:
         return
-    step = mesh.grid_step
-    full = dense_map(p, q, extent, (x0, y0, x1, y1), step, (height, width), border_margin)
+    step, bounds = mesh.grid_step, (x0, y0, x1, y1)
+    full = dense_map(p, q, extent, bounds, step, (height, width), border_margin)
     detail_step = max(1, round(step / 3))
     if detail_step < step:
-        for bx0, by0, bx1, by1 in detail_boxes(dst, detail_margin):
-            bx0, by0, bx1, by1 = max(bx0, x0), max(by0, y0), min(bx1, x1), min(by1, y1)
-            if bx1 > bx0 and by1 > by0:
-                fine = dense_map(p, q, extent, (bx0, by0, bx1, by1), detail_step, (height, width), border_margin)
-                full[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0] = fine
+        for box in detail_boxes(dst, detail_margin):
+            _refine(full, box, bounds, (height, width), p, q, extent, detail_step, border_margin)
+        for box in seam_boxes(full, bounds, step, detail_boxes(dst, 0.0)):
+            _refine(full, box, bounds, (height, width), p, q, extent, 1, border_margin)
     frame[y0:y1, x0:x1] = cv2.remap(image, full, None, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
 
 
@@ -186,6 +186,53 @@ def dense_map(p: np.ndarray, q: np.ndarray, extent: tuple[np.ndarray, np.ndarray
     return disp[y0 - j0 * step : y1 - j0 * step, x0 - i0 * step : x1 - i0 * step]
 
 
+def _refine(full: np.ndarray, box: tuple[int, int, int, int], bounds: tuple[int, int, int, int],
+            shape: tuple[int, int], p: np.ndarray, q: np.ndarray, extent: tuple[np.ndarray, np.ndarray], step: int,
+            border_margin: float) -> None:
+    """Rasterise `box` (photo pixels) at `step` into `full`, the map of `bounds` in a photo of `shape`."""
+    x0, y0, x1, y1 = bounds
+    bx0, by0, bx1, by1 = max(box[0], x0), max(box[1], y0), min(box[2], x1), min(box[3], y1)
+    if bx1 > bx0 and by1 > by0:
+        full[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0] = dense_map(p, q, extent, (bx0, by0, bx1, by1), step, shape,
+                                                                   border_margin)
+
+
+def seam_boxes(full: np.ndarray, bounds: tuple[int, int, int, int], step: int,
+               openings: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """Boxes (photo pixels) around the seams of the map `full` (of `bounds`, rasterised every `step` pixels).
+
+    Where a nearer part of the face covers a farther one (the nose over a turned cheek, the jaw over the neck)
+    the map jumps between two grid nodes, and the upsampled map sweeps across the photo between the two sides: a
+    squeezed copy of what lies there (a sawtooth jaw line, a dark line down the nose). There the map is
+    rasterised per pixel. The lips and lids (`openings`) close by squeezing, seams of their own, already
+    rasterised finely. A map without seams (a face turned a few degrees) costs one comparison per node.
+    """
+    x0, y0 = bounds[:2]
+    nodes = full[::step, ::step]
+    stretch = np.zeros(nodes.shape[:2], np.float32)  # source px per frame px, to the next node right or down
+    stretch[:, :-1] = np.linalg.norm(np.diff(nodes, axis=1), axis=-1)
+    stretch[:-1] = np.maximum(stretch[:-1], np.linalg.norm(np.diff(nodes, axis=0), axis=-1))
+    stretch /= step
+    for bx0, by0, bx1, by1 in openings:
+        stretch[max(by0 - y0, 0) // step : max(by1 - y0, 0) // step + 1,
+                max(bx0 - x0, 0) // step : max(bx1 - x0, 0) // step + 1] = 0
+    if not (stretch > SEAM_STRETCH[1]).any():
+        return []
+    rows, cols = -(-stretch.shape[0] // SEAM_TILE), -(-stretch.shape[1] // SEAM_TILE)
+    padded = np.zeros((rows * SEAM_TILE, cols * SEAM_TILE), np.float32)
+    padded[: stretch.shape[0], : stretch.shape[1]] = stretch
+    most = padded.reshape(rows, SEAM_TILE, cols, SEAM_TILE).max(axis=(1, 3))
+    _, label = cv2.connectedComponents((most > SEAM_STRETCH[0]).astype(np.uint8))
+    tiles = np.isin(label, label[most > SEAM_STRETCH[1]])
+    tiles = cv2.dilate(tiles.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # a sweep may start in the next tile
+    size, boxes = SEAM_TILE * step, []
+    for r in range(rows):  # each run of seam tiles along a row of tiles is one box
+        ends = np.flatnonzero(np.diff(np.concatenate([[0], tiles[r].view(np.int8), [0]])))
+        boxes += [(x0 + a * size, y0 + r * size, x0 + b * size, y0 + (r + 1) * size)
+                  for a, b in zip(ends[::2], ends[1::2], strict=True)]
+    return boxes
+
+
 def detail_boxes(dst: np.ndarray, detail_margin: float) -> list[tuple[int, int, int, int]]:
     """Pixel boxes (x0, y0, x1, y1) around the driven mouth and eyes, rasterised per pixel."""
     boxes = []
@@ -197,6 +244,10 @@ def detail_boxes(dst: np.ndarray, detail_margin: float) -> list[tuple[int, int, 
 
 
 BORDER_GIVE = 0.5  # see `dense_map`
+# source px per frame px between grid nodes: a seam runs through tiles above the first, one of them above the second
+# (a fold's jump varies along it; a mouth corner's squeeze next to the lips stays below 2.5 and is not worth the time)
+SEAM_STRETCH = (2.0, 2.5)
+SEAM_TILE = 4  # grid steps: seams are rasterised finely in tiles this wide
 SPAN_MARGIN = 0.05  # grid units: a row's span is widened by this (far more than the inside test's tolerance)
 
 
