@@ -372,6 +372,12 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
   A face cut by the photo's edge (jesper_head_down's forehead, at the top) cannot bring in what lies beyond it:
   as the head rises or turns, the rows next to that edge stretch and the motion there is held back to half their
   distance from it (`tests/test_renderer.py -k "cut_by_the_top_edge or head_turn"`).
+  Where a turned face folds over itself (the nose over a cheek, the jaw over the neck) the warp is drawn per pixel
+  along the fold (`warp.seam_boxes`), so the outline there is a hard edge rather than a sawtooth or a dark line
+  down the nose (`tests/test_renderer.py -k per_pixel_warp`). On the bowed head (jesper_head_down) turned 5-10°,
+  the far cheek's edge still shows twice, beaded along it. A likely cause, not yet confirmed: on this photo the
+  face triangles and the strips around the face oval already overlap before anything moves (about 1,600 px²
+  against 150 on grace_hopper), and the coarse grid samples the thin fold between them.
   On the full beard (`giunchedi_beard.jpg`, real speech, `python -m teller_recipe.evaluation.portraits --corpus
   none --held-out 0`, 2026-12-02) the mouth opens with teeth and a dark cavity and closes on p/b/m and in pauses
   (bilabial ratio 0.03, closed in 100 % of silent frames, r 0.90), but reads small like the other closed-mouth
