@@ -40,9 +40,9 @@ def control_mesh(points: np.ndarray, face_triangles: np.ndarray, shape: tuple[in
     `points`: the mesh landmarks (468, 2); `shape`: the photo's (height, width); `cfg`: the renderer's config.
     """
     height, width = shape
-    # rings of anchors on rays from the oval's centre through each oval landmark
-    oval = np.asarray(rig.FACE_OVAL)
-    centre = points[oval].mean(0)
+    # rings of anchors on rays from the oval's centre through the face's outline
+    centre = points[rig.FACE_OVAL].mean(0)
+    oval = face_outline(points, centre)
     rays = points[oval] - centre
     down = np.clip(rays[:, 1] / np.maximum(np.linalg.norm(rays, axis=1), 1e-6), 0.0, 1.0) ** 1.5
     rings, weights = [], []
@@ -54,7 +54,7 @@ def control_mesh(points: np.ndarray, face_triangles: np.ndarray, shape: tuple[in
         rings.append(ring)
         weights.append(((1 - down) * w_up + down * w_down) * pinned)
 
-    # strips between consecutive rings (ring 0 is the oval itself)
+    # strips between consecutive rings (ring 0 is the outline itself)
     n = len(oval)
     ring_ids = [oval] + [NUM_MESH_VERTICES + k * n + np.arange(n) for k in range(len(rings))]
     nxt = np.roll(np.arange(n), -1)
@@ -72,6 +72,30 @@ def control_mesh(points: np.ndarray, face_triangles: np.ndarray, shape: tuple[in
         anchor_weight=np.concatenate(weights).astype(np.float32),
         grid_step=int(np.clip(round(cfg.grid_spacing * iod), 1, cfg.max_grid_step)),
     )
+
+
+def face_outline(points: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Per landmark of the face oval, the landmark that reaches furthest out along its ray from `centre`.
+
+    On a frontal photo that is the oval landmark itself. On a turned face (jesper_head_down) the far side's oval
+    lies behind the cheek, whose own landmarks form the outline: strips started at the oval would lie on the
+    cheek, and moved, show its edge a second time outside the face.
+    """
+    oval = np.asarray(rig.FACE_OVAL)
+    rays = points[oval, :2] - centre
+    length = np.linalg.norm(rays, axis=1)
+    units = rays / np.maximum(length, 1e-6)[:, None]
+    offsets = points[:, :2] - centre
+    # each landmark belongs to the oval ray nearest to it in angle
+    sector = np.argmax(offsets @ units.T / np.maximum(np.linalg.norm(offsets, axis=1), 1e-6)[:, None], axis=1)
+    reach = np.einsum("ij,ij->i", offsets, units[sector])
+    outline = oval.copy()
+    for k in range(len(oval)):
+        members = np.flatnonzero(sector == k)
+        best = members[np.argmax(reach[members])] if len(members) else oval[k]
+        if reach[best] > length[k] + OUTLINE_MARGIN:
+            outline[k] = best
+    return outline
 
 
 def delaunay_face(points: np.ndarray) -> np.ndarray:
@@ -244,6 +268,7 @@ def detail_boxes(dst: np.ndarray, detail_margin: float) -> list[tuple[int, int, 
 
 
 BORDER_GIVE = 0.5  # see `dense_map`
+OUTLINE_MARGIN = 0.5  # px a landmark must reach past the oval to take its place in the outline
 # source px per frame px between grid nodes: a seam runs through tiles above the first, one of them above the second
 # (a fold's jump varies along it; a mouth corner's squeeze next to the lips stays below 2.5 and is not worth the time)
 SEAM_STRETCH = (2.0, 2.5)
