@@ -374,13 +374,11 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
   distance from it (`tests/test_renderer.py -k "cut_by_the_top_edge or head_turn"`).
   Where a turned face folds over itself (the nose over a cheek, the jaw over the neck) the warp is drawn per pixel
   along the fold (`warp.seam_boxes`), so the outline there is a hard edge rather than a sawtooth or a dark line
-  down the nose (`tests/test_renderer.py -k per_pixel_warp`). On the bowed head (jesper_head_down) turned 5-10°,
-  the far cheek's edge still shows twice, beaded along it. The outer copy is drawn by the strips around the face
-  oval: on this photo the mesh is folded before anything moves (70 of its 898 face triangles wind the other way
-  round, the far cheek's landmarks lying behind its outline), so the face's triangles reach past the oval and the
-  strips' inner edge lies on the cheek (about 1,000 px² of overlap; none on grace_hopper). Leaving the folded
-  triangles out, in the photo or as they turn over, opened black holes along the cheek; drawing them behind the
-  rest changed nothing visible (tried, not adopted).
+  down the nose (`tests/test_renderer.py -k per_pixel_warp`). The strips of anchors around the face start at its
+  outline, the landmarks reaching furthest out, not at the oval, which on a turned face lies behind the cheek:
+  strips started there showed the far cheek's edge a second time when the head moved (`-k strips_around`). On the
+  bowed head (jesper_head_down) turned 10° that edge is still a fine sawtooth: its photo's mesh is folded there
+  (70 of 898 face triangles wind the other way round) and the coarse grid samples the fold.
   On the full beard (`giunchedi_beard.jpg`, real speech, `python -m teller_recipe.evaluation.portraits --corpus
   none --held-out 0`, 2026-12-02) the mouth opens with teeth and a dark cavity and closes on p/b/m and in pauses
   (bilabial ratio 0.03, closed in 100 % of silent frames, r 0.90), but reads small like the other closed-mouth
