@@ -1,7 +1,7 @@
 """Dense warp: the whole photo moved with the driven landmarks.
 
-Control points are the 468 mesh landmarks plus rings of anchors extruded from the face oval (hair, ears,
-neck, background). Anchors follow the head's rigid 2D motion and the oval's own non-rigid motion with a
+Control points are the 468 mesh landmarks plus rings of anchors extruded from the face's outline (hair, ears,
+neck, background). Anchors follow the head's rigid 2D motion and the outline's own non-rigid motion with a
 falloff (slow above the face, where hair and hats ride on the head; faster below, where the neck and
 shoulders stay put); the outermost ring and the image border are fixed. Per frame the destination triangles
 are rasterised (barycentric → source coordinates, nearest triangle drawn last) on a coarse grid, and per
@@ -28,22 +28,22 @@ class ControlMesh:
     points: np.ndarray  # (468 + A, 2) float32 source positions of the control points
     triangles: np.ndarray  # (T, 3) int32 over the control points
     anchor_triangle: np.ndarray  # (T,) bool: outside the face (drawn first, behind it)
-    anchor_origin: np.ndarray  # (A,) the oval landmark each anchor was extruded from
+    anchor_origin: np.ndarray  # (A,) the outline landmark each anchor was extruded from (`face_outline`)
     anchor_weight: np.ndarray  # (A,) how much each anchor follows the head
     grid_step: int
 
 
 def control_mesh(points: np.ndarray, face_triangles: np.ndarray, shape: tuple[int, int],
                  cfg: FrozenDict) -> ControlMesh:
-    """The photo's landmarks and face triangles plus rings of anchors around the face oval, joined by strips.
+    """The photo's landmarks and face triangles plus rings of anchors around the face's outline, joined by strips.
 
     `points`: the mesh landmarks (468, 2); `shape`: the photo's (height, width); `cfg`: the renderer's config.
     """
     height, width = shape
     # rings of anchors on rays from the oval's centre through the face's outline
     centre = points[rig.FACE_OVAL].mean(0)
-    oval = face_outline(points, centre)
-    rays = points[oval] - centre
+    outline = face_outline(points, centre)
+    rays = points[outline] - centre
     down = np.clip(rays[:, 1] / np.maximum(np.linalg.norm(rays, axis=1), 1e-6), 0.0, 1.0) ** 1.5
     rings, weights = [], []
     for radius, w_up, w_down in zip(cfg.anchor_radii, cfg.anchor_weights_up, cfg.anchor_weights_down,
@@ -55,8 +55,8 @@ def control_mesh(points: np.ndarray, face_triangles: np.ndarray, shape: tuple[in
         weights.append(((1 - down) * w_up + down * w_down) * pinned)
 
     # strips between consecutive rings (ring 0 is the outline itself)
-    n = len(oval)
-    ring_ids = [oval] + [NUM_MESH_VERTICES + k * n + np.arange(n) for k in range(len(rings))]
+    n = len(outline)
+    ring_ids = [outline] + [NUM_MESH_VERTICES + k * n + np.arange(n) for k in range(len(rings))]
     nxt = np.roll(np.arange(n), -1)
     strips = []
     for inner, outer in zip(ring_ids[:-1], ring_ids[1:], strict=True):
@@ -68,7 +68,7 @@ def control_mesh(points: np.ndarray, face_triangles: np.ndarray, shape: tuple[in
         points=np.concatenate([points, *rings]).astype(np.float32),
         triangles=all_triangles,
         anchor_triangle=np.arange(len(all_triangles)) >= len(face_triangles),
-        anchor_origin=np.tile(oval, len(rings)),
+        anchor_origin=np.tile(outline, len(rings)),
         anchor_weight=np.concatenate(weights).astype(np.float32),
         grid_step=int(np.clip(round(cfg.grid_spacing * iod), 1, cfg.max_grid_step)),
     )
@@ -124,7 +124,7 @@ def delaunay_face(points: np.ndarray) -> np.ndarray:
 
 
 def anchor_targets(mesh: ControlMesh, driven: np.ndarray) -> np.ndarray:
-    """Anchors follow the head's rigid 2D motion plus the oval's own deformation, with their weights."""
+    """Anchors follow the head's rigid 2D motion plus the outline's own deformation, with their weights."""
     src = mesh.points.astype(np.float64)
     ids = rig.STATIC_LANDMARKS
     a, b = similarity_2d(src[ids], driven[ids])
