@@ -332,23 +332,23 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
 
 - Mouth size (table "What a viewer sees" above; these figures from `python -m teller_recipe.evaluation.portraits`
   on 2026-12-03, eleven portraits): at default settings, on real speech with pauses, the landmarker reads the lips
-  parting to a p90 of 0.120–0.159 of the eye-corner distance (≈ 1–1.5 cm) and a maximum of 0.17–0.23, 0.95–1.25 of
-  what the phones ask, on ten of eleven portraits; the head bowed 30° reads 0.071 (its driven lips part 0.105, the
-  render shows ~70 % of that). The photos whose lips are apart overshoot (ratio 1.21–1.25): at small openings the
+  parting to a p90 of 0.120–0.161 of the eye-corner distance (≈ 1–1.5 cm) and a maximum of 0.17–0.23, 0.95–1.27 of
+  what the phones ask, on ten of eleven portraits; the head bowed 30° reads 0.070 (its driven lips part 0.105, the
+  render shows ~70 % of that). The photos whose lips are apart overshoot (ratio 1.21–1.27): at small openings the
   landmarker reads their rendered lips further apart than they are driven (0.025 → ~0.06), from the sealed seam
   (Obama speaking: the landmarker puts the inner upper lip in a dark strip of the photo's upper lip) and, on the two
   scanned smiles, from the whole mouth, which reads ~3 px taller than drawn whatever the seam looks like. Closed
   photos part where their lips meet in the photo (`GeometricRenderer.lip_seam_reach`), not at the landmarker's
   inner-lip line, which can lie a few pixels into a lip, and their mouth interior is as dark as a real one (a lit,
-  lip-red cavity was read as lip): Grace Hopper, Biden and the bearded photo read 0.124–0.131 (ratio 0.98–1.03),
+  lip-red cavity was read as lip): Grace Hopper, Biden and the bearded photo read 0.124–0.132 (ratio 0.97–1.04),
   from 0.106–0.116. Openings under ~0.05 still read smaller than driven, mostly the landmarker's own dead zone on
   these faces. Identity priors are clamped to the training faces' range (`MotionGenerator.fit_identity_range`) and
   lose their depth (`in_image_plane`): real photos land far outside a synthetic corpus' faces, and the generator
   answered them with a nearly shut mouth (smiling and turned faces p90 0.059–0.074 before the clamp; Obama
   speaking, photographed mid-word, 0.046–0.069 before the depth went).
-- Held-out synthetic voices: the lips meet less on p/b/m than on real recordings (bilabial ratio 0.15–0.60 on
-  the held-out group, ≤ 0.3 on four of eleven portraits, 0.28–0.39 in the lips the generator drives; 0.00–0.18 on
-  real speech except the three-quarter view, 0.37). The whisper features the model hears carry about that much:
+- Held-out synthetic voices: the lips meet less on p/b/m than on real recordings (bilabial ratio 0.16–0.60 on
+  the held-out group, ≤ 0.3 on four of eleven portraits, 0.28–0.39 in the lips the generator drives; 0.00–0.17 on
+  real speech except the three-quarter view, 0.36). The whisper features the model hears carry about that much:
   a small network trained on them alone to predict the corpus' lip gap reaches 0.33, and a refiner pushed to close
   further (`train_refiner.py --closure_weight`) reached 0.26–0.28 but lost sync (r 0.71 → 0.65–0.68) and size
   (training/README.md, "Lips that meet on p, b and m").
@@ -357,9 +357,9 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
   seal covers its photo's dark mouth corners); on the two scanned party photos, broad smiles with the lips apart,
   the seam looks closed on the contact sheets, but the landmarker reads the lips 0.025–0.05 apart.
 - Head motion measured on rendered frames is dominated by the landmarker's own frame-to-frame noise (the
-  corpus' motion rendered and measured the same way reads within 0.92–1.24× of the generated). Before rendering,
-  the default 0.3 s head smoothing keeps the generated head's speed within 0.95–1.15× and its jitter within
-  1.19–1.41× of the corpus' motion; its slow sway is about half the corpus' and lags the speech by ~0.3 s.
+  corpus' motion rendered and measured the same way reads within 0.92–1.18× of the generated). Before rendering,
+  the default 0.3 s head smoothing keeps the generated head's speed within 1.08–1.21× and its jitter within
+  1.15–1.28× of the corpus' motion; its slow sway is about half the corpus' and lags the speech by ~0.3 s.
 - Trained only on synthetic voices and synthesized motion: lip shapes follow a viseme model, not real
   faces, and expressiveness (emotion, gaze, large head turns) is limited.
 - The geometric renderer moves the photo's own pixels: large head rotations, profile photos, occlusions
