@@ -256,8 +256,9 @@ def contact_sheet(frames: list[np.ndarray], gap: np.ndarray, eyes: np.ndarray, s
         frame = np.ascontiguousarray(frames[index])
         tile = frame.copy()
         text = f"{label} t={index / FPS:.2f}s gap={gap[index]:.3f}"
-        cv2.putText(tile, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(tile, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 0), 1, cv2.LINE_AA)
+        (text_w, text_h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        cv2.rectangle(tile, (2, 2), (10 + text_w, 10 + text_h), (0, 0, 0), -1)  # readable on a bright photo too
+        cv2.putText(tile, text, (6, 6 + text_h), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 0), 1, cv2.LINE_AA)
         tiles.append(tile)
         mouths.append(_mouth_crop(frame, analyzer))
     h, w = tiles[0].shape[:2]
