@@ -209,11 +209,15 @@ def test_a_face_moved_toward_an_edge_moves_freely_up_to_the_fade():
     assert np.allclose(source[rows, 200, 1] - rows, 15.0, atol=0.01)
 
 
-@pytest.mark.parametrize("pose", [dict(yaw=-10.0), dict(pitch=10.0, roll=-8.0)], ids=["turned", "raised-and-rolled"])
-def test_a_turned_face_folds_as_a_per_pixel_warp_would(kit, pose):
-    """Where a turned face folds over itself (the nose over the cheek, the jaw over the neck), the coarse map jumped
+# (pose, most pixels off a per-pixel warp by > 48 levels, of 174 k; before: 802, 528 and 480)
+@pytest.mark.parametrize(("pose", "most"), [(dict(yaw=-10.0), 150), (dict(pitch=10.0, roll=-8.0), 150),
+                                            (dict(yaw=10.0), 250)], ids=["turned", "raised-and-rolled", "turned-away"])
+def test_a_turned_face_folds_as_a_per_pixel_warp_would(kit, pose, most):
+    """Where a turned face folds over itself (the nose over the cheek, the jaw over the neck) the coarse map jumped
     and its upsampling swept across the photo between the two sides: a sawtooth jaw line and a dark line down
-    the nose on jesper_head_down. There the warp is now rasterised per pixel, as a per-pixel warp draws it."""
+    the nose on jesper_head_down. Where its photo's own mesh is folded (the far cheek, whose landmarks lie behind
+    its outline) and the motion reshapes the fold, the coarse grid sampled the fold's layers in turn: a sawtooth
+    along the cheek. There the warp is now rasterised per pixel, as a per-pixel warp draws it."""
     image, face, source, state = _setup(kit, "jesper_head_down")
     encoder, renderer = kit["encoder"], kit["renderer"]
     driven = encoder.decode(source, _open_mouth(_turn(encoder.neutral_motion(), **pose), 0.8))
@@ -221,8 +225,7 @@ def test_a_turned_face_folds_as_a_per_pixel_warp_would(kit, pose):
     per_pixel = renderer.prepare(image, face.points)
     per_pixel.mesh.grid_step = 1
     reference = renderer.render(per_pixel, driven)
-    # before: 802 and 528 pixels off by more than 48 levels (of 174 k)
-    assert (np.abs(frame.astype(int) - reference).max(-1) > 48).sum() <= 150
+    assert (np.abs(frame.astype(int) - reference).max(-1) > 48).sum() <= most
 
 
 @pytest.mark.parametrize("name", TURNING_PORTRAITS)

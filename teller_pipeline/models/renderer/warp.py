@@ -31,6 +31,7 @@ class ControlMesh:
     anchor_origin: np.ndarray  # (A,) the outline landmark each anchor was extruded from (`face_outline`)
     anchor_weight: np.ndarray  # (A,) how much each anchor follows the head
     grid_step: int
+    folded: np.ndarray  # (T,) bool: face triangles folded over in the photo (`folded_triangles`)
 
 
 def control_mesh(points: np.ndarray, face_triangles: np.ndarray, shape: tuple[int, int],
@@ -71,7 +72,19 @@ def control_mesh(points: np.ndarray, face_triangles: np.ndarray, shape: tuple[in
         anchor_origin=np.tile(outline, len(rings)),
         anchor_weight=np.concatenate(weights).astype(np.float32),
         grid_step=int(np.clip(round(cfg.grid_spacing * iod), 1, cfg.max_grid_step)),
+        folded=np.concatenate([folded_triangles(points, face_triangles),
+                               np.zeros(len(all_triangles) - len(face_triangles), bool)]),
     )
+
+
+def folded_triangles(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """(T,) bool: face triangles wound the other way round than most in the photo, of FOLD_MIN_AREA or more: on
+    a photo of a turned face the far side's landmarks lie behind the cheek, and its mesh folds over itself there.
+    The lips and lids, whose closed lines make slivers of either winding, are left out."""
+    a, b, c = points[triangles[:, 0], :2], points[triangles[:, 1], :2], points[triangles[:, 2], :2]
+    doubled_area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    backwards = np.sign(doubled_area) == -np.sign(np.median(doubled_area))
+    return backwards & (np.abs(doubled_area) >= 2 * FOLD_MIN_AREA) & ~np.isin(triangles, OPENINGS).any(1)
 
 
 def face_outline(points: np.ndarray, centre: np.ndarray) -> np.ndarray:
@@ -149,7 +162,8 @@ def warp_photo(frame: np.ndarray, image: np.ndarray, mesh: ControlMesh, src: np.
     tris = mesh.triangles[moving]
     # far first, nearest last (later writes win): anchors behind the face, then by depth
     tri_depth = np.where(mesh.anchor_triangle[moving], np.inf, depth[tris].mean(1))
-    tris = tris[np.argsort(-tri_depth, kind="stable")]
+    order = np.argsort(-tri_depth, kind="stable")
+    tris, folded = tris[order], mesh.folded[moving][order]
     p, q = dst[tris], src[tris]  # (T, 3, 2)
     extent = (p.min(1), p.max(1))  # each triangle's bounding box, for every map below
     x0, y0 = np.maximum(np.floor(extent[0].min(0)).astype(int) - 1, 0)
@@ -162,7 +176,9 @@ def warp_photo(frame: np.ndarray, image: np.ndarray, mesh: ControlMesh, src: np.
     if detail_step < step:
         for box in detail_boxes(dst, detail_margin):
             _refine(full, box, bounds, (height, width), p, q, extent, detail_step, border_margin)
-        for box in seam_boxes(full, bounds, step, detail_boxes(dst, 0.0)):
+        # a fold of the photo's mesh that the motion reshapes (not one that only moves along) draws its layers anew
+        reshaped = np.abs((p - p.mean(1, keepdims=True)) - (q - q.mean(1, keepdims=True))).max((1, 2)) > FOLD_RESHAPE
+        for box in seam_boxes(full, bounds, step, detail_boxes(dst, 0.0), p[folded & reshaped]):
             _refine(full, box, bounds, (height, width), p, q, extent, 1, border_margin)
     frame[y0:y1, x0:x1] = cv2.remap(image, full, None, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
 
@@ -222,14 +238,16 @@ def _refine(full: np.ndarray, box: tuple[int, int, int, int], bounds: tuple[int,
 
 
 def seam_boxes(full: np.ndarray, bounds: tuple[int, int, int, int], step: int,
-               openings: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+               openings: list[tuple[int, int, int, int]], folds: np.ndarray) -> list[tuple[int, int, int, int]]:
     """Boxes (photo pixels) around the seams of the map `full` (of `bounds`, rasterised every `step` pixels).
 
     Where a nearer part of the face covers a farther one (the nose over a turned cheek, the jaw over the neck)
     the map jumps between two grid nodes, and the upsampled map sweeps across the photo between the two sides: a
     squeezed copy of what lies there (a sawtooth jaw line, a dark line down the nose). There the map is
     rasterised per pixel. The lips and lids (`openings`) close by squeezing, seams of their own, already
-    rasterised finely. A map without seams (a face turned a few degrees) costs one comparison per node.
+    rasterised finely. A map without seams (a face turned a few degrees) costs one comparison per node. `folds`:
+    triangles (driven, photo pixels) folded in the photo itself, whose thin layers a coarse grid samples as a
+    sawtooth; their tiles are refined too.
     """
     x0, y0 = bounds[:2]
     nodes = full[::step, ::step]
@@ -240,16 +258,20 @@ def seam_boxes(full: np.ndarray, bounds: tuple[int, int, int, int], step: int,
     for bx0, by0, bx1, by1 in openings:
         stretch[max(by0 - y0, 0) // step : max(by1 - y0, 0) // step + 1,
                 max(bx0 - x0, 0) // step : max(bx1 - x0, 0) // step + 1] = 0
-    if not (stretch > SEAM_STRETCH[1]).any():
+    if not (stretch > SEAM_STRETCH[1]).any() and not len(folds):
         return []
     rows, cols = -(-stretch.shape[0] // SEAM_TILE), -(-stretch.shape[1] // SEAM_TILE)
     padded = np.zeros((rows * SEAM_TILE, cols * SEAM_TILE), np.float32)
     padded[: stretch.shape[0], : stretch.shape[1]] = stretch
     most = padded.reshape(rows, SEAM_TILE, cols, SEAM_TILE).max(axis=(1, 3))
+    size = SEAM_TILE * step
+    for lo, hi in zip(folds.min(1), folds.max(1), strict=True):  # counted as the strongest seams
+        (i0, j0), (i1, j1) = ((lo - (x0, y0)) // size).astype(int), ((hi - (x0, y0)) // size).astype(int)
+        most[max(j0, 0) : max(j1 + 1, 0), max(i0, 0) : max(i1 + 1, 0)] = np.inf
     _, label = cv2.connectedComponents((most > SEAM_STRETCH[0]).astype(np.uint8))
     tiles = np.isin(label, label[most > SEAM_STRETCH[1]])
     tiles = cv2.dilate(tiles.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # a sweep may start in the next tile
-    size, boxes = SEAM_TILE * step, []
+    boxes = []
     for r in range(rows):  # each run of seam tiles along a row of tiles is one box
         ends = np.flatnonzero(np.diff(np.concatenate([[0], tiles[r].view(np.int8), [0]])))
         boxes += [(x0 + a * size, y0 + r * size, x0 + b * size, y0 + (r + 1) * size)
@@ -268,6 +290,11 @@ def detail_boxes(dst: np.ndarray, detail_margin: float) -> list[tuple[int, int, 
 
 
 BORDER_GIVE = 0.5  # see `dense_map`
+FOLD_RESHAPE = 3.0  # px a folded triangle's corner moves against its others before its tiles are refined
+FOLD_MIN_AREA = 2.0  # px²: smaller triangles folded in the photo are landmark noise (see `folded_triangles`)
+# the landmarks of the lips and lids (see `folded_triangles`)
+OPENINGS = np.array(sorted(set(rig.LIPS_OUTER_UPPER + rig.LIPS_OUTER_LOWER + rig.LIPS_INNER_UPPER
+                               + rig.LIPS_INNER_LOWER + list(rig.EYE_RIGHT) + list(rig.EYE_LEFT))))
 OUTLINE_MARGIN = 0.5  # px a landmark must reach past the oval to take its place in the outline
 # source px per frame px between grid nodes: a seam runs through tiles above the first, one of them above the second
 # (a fold's jump varies along it; a mouth corner's squeeze next to the lips stays below 2.5 and is not worth the time)
