@@ -376,9 +376,10 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
   along the fold (`warp.seam_boxes`), so the outline there is a hard edge rather than a sawtooth or a dark line
   down the nose (`tests/test_renderer.py -k per_pixel_warp`). The strips of anchors around the face start at its
   outline, the landmarks reaching furthest out, not at the oval, which on a turned face lies behind the cheek:
-  strips started there showed the far cheek's edge a second time when the head moved (`-k strips_around`). On the
-  bowed head (jesper_head_down) turned 10° that edge is still a fine sawtooth: its photo's mesh is folded there
-  (70 of 898 face triangles wind the other way round) and the coarse grid samples the fold.
+  strips started there showed the far cheek's edge a second time when the head moved (`-k strips_around`). Where
+  the photo's own mesh is folded (that far cheek: 29 triangles wound the other way round on jesper_head_down) and
+  the motion reshapes the fold by more than 3 px, it is drawn per pixel too (`warp.folded_triangles`); on the bowed
+  head turned 10° a 1-px skin-coloured fringe remains along that cheek's edge.
   On the full beard (`giunchedi_beard.jpg`, real speech, `python -m teller_recipe.evaluation.portraits --corpus
   none --held-out 0`, 2026-12-02) the mouth opens with teeth and a dark cavity and closes on p/b/m and in pauses
   (bilabial ratio 0.03, closed in 100 % of silent frames, r 0.90), but reads small like the other closed-mouth
