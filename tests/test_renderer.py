@@ -209,7 +209,8 @@ def test_a_face_moved_toward_an_edge_moves_freely_up_to_the_fade():
     assert np.allclose(source[rows, 200, 1] - rows, 15.0, atol=0.01)
 
 
-# (pose, most pixels off a per-pixel warp by > 48 levels, of 174 k; before: 802, 528 and 480)
+# (pose, most pixels off a per-pixel warp by > 48 levels, of 174 k; before the seam tiles 802 and 528, before the
+# fold tiles 480)
 @pytest.mark.parametrize(("pose", "most"), [(dict(yaw=-10.0), 150), (dict(pitch=10.0, roll=-8.0), 150),
                                             (dict(yaw=10.0), 250)], ids=["turned", "raised-and-rolled", "turned-away"])
 def test_a_turned_face_folds_as_a_per_pixel_warp_would(kit, pose, most):

@@ -177,8 +177,9 @@ def warp_photo(frame: np.ndarray, image: np.ndarray, mesh: ControlMesh, src: np.
         for box in detail_boxes(dst, detail_margin):
             _refine(full, box, bounds, (height, width), p, q, extent, detail_step, border_margin)
         # a fold of the photo's mesh that the motion reshapes (not one that only moves along) draws its layers anew
-        reshaped = np.abs((p - p.mean(1, keepdims=True)) - (q - q.mean(1, keepdims=True))).max((1, 2)) > FOLD_RESHAPE
-        for box in seam_boxes(full, bounds, step, detail_boxes(dst, 0.0), p[folded & reshaped]):
+        fold_p, fold_q = p[folded], q[folded]
+        reshaped = np.abs((fold_p - fold_p.mean(1, keepdims=True)) - (fold_q - fold_q.mean(1, keepdims=True)))
+        for box in seam_boxes(full, bounds, step, detail_boxes(dst, 0.0), fold_p[reshaped.max((1, 2)) > FOLD_RESHAPE]):
             _refine(full, box, bounds, (height, width), p, q, extent, 1, border_margin)
     frame[y0:y1, x0:x1] = cv2.remap(image, full, None, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
 
