@@ -215,3 +215,40 @@ def test_generator_reads_identity_priors_within_the_training_range(pipe):
     far = 100 * torch.randn(1, rig.NUM_KEYPOINTS, 3, generator=torch.Generator().manual_seed(0))
     inside = torch.clamp(far.flatten(1), low, high).reshape(far.shape)
     assert torch.equal(generator.embed_prefix(far), generator.embed_prefix(inside))
+
+
+@pytest.fixture(scope="module")
+def held_out_voices(tmp_path_factory):
+    """The evaluation's held-out test voices (never in training), built as the README says (a few seconds)."""
+    import shutil
+
+    from teller_recipe.corpus.build_corpus import build
+    from teller_recipe.evaluation.portraits import HELD_OUT_UTTERANCES, held_out_speech, implied_gap
+
+    if not (shutil.which("flite") and shutil.which("espeak-ng")):
+        pytest.skip("flite and espeak-ng make the held-out voices")
+    folder = tmp_path_factory.mktemp("held_out")
+    build(folder / "corpus", hours=0.03, voices=["espeak-ng/f3", "flite/rms"], cache_dir=folder / "cache")
+    speeches = held_out_speech(folder / "corpus", HELD_OUT_UTTERANCES)
+    return [(speech, implied_gap(speech.audio, speech.phones)) for speech in speeches]
+
+
+@pytest.mark.xfail(strict=True, reason="the bundled refiner leaves the lips 0.31 of the way open at the middle of "
+                   "p/b/m (issue 11 asks <= 0.3); a refiner with a closure gate reached 0.27 but shrank real speech "
+                   "(training/README.md, 'A closure gate')")
+def test_held_out_voices_close_the_lips_on_bilabials(pipe, held_out_voices):
+    """Voices the model never heard, on Grace Hopper: the lips it drives meet at the middle of p, b and m, open on
+    open vowels about as far as the phones ask, in time with them."""
+    from teller_recipe.evaluation.evaluate import render
+    from teller_recipe.evaluation.portraits import decoded_motion, group_metrics
+
+    source = pipe.prepare_source(EXAMPLES / "grace_hopper.jpg")
+    items = []
+    for speech, implied in held_out_voices:
+        with decoded_motion(pipe) as decoded:
+            render(pipe, source, speech.audio)
+        items.append((speech, np.concatenate(decoded.gaps), implied))
+    m = group_metrics(items)
+    assert m["bilabial_frames"] >= 20, m  # enough p, b and m to judge
+    assert m["bilabial_ratio"] <= BILABIAL, m
+    assert m["sync_r"] >= SYNC_R and AMPLITUDE[0] <= m["amplitude_ratio"] <= AMPLITUDE[1], m

@@ -167,3 +167,51 @@ def test_refiner_closure_term_charges_lips_left_apart_where_the_data_closes_them
     assert term(o, c) == pytest.approx(2.0 * 1.0 / float(spread), rel=1e-4)  # apart where the data closes
     assert term(c, o) == 0.0 and term(o, o) == 0.0  # the data opens: no charge, whatever the refiner does
     assert term(p, c) == 0.0  # pressed tighter than the data: no charge
+
+
+def test_closure_gate_closes_a_portrait_lips_the_way_the_data_closes_them(features, pipe):
+    """The gate's closing (`opening_model`, fitted on the tiny corpus): open data frames moved by their opening
+    along the closing direction have lips that meet when decoded onto a portrait, and its eyes and brows stay put
+    (the brows of these six utterances rise with the mouth: fitted on the whole face, they moved ~2.5 px)."""
+    from teller_pipeline.motion import features_to_motion
+    from teller_recipe.evaluation.evaluate import lip_gap
+
+    from .conftest import EXAMPLES
+
+    train_refiner = _training_script("train_refiner")
+    tokenizer = pipe.motion_tokenizer
+    data = load_features(features, "train")
+    motion = [tokenizer.normalize(torch.from_numpy(m).float()) for m in data["motion"]]
+    axis, offset, direction = train_refiner.opening_model(tokenizer, motion, data["mouth_opening"])
+    assert float(axis @ direction) == pytest.approx(1.0, abs=1e-4)
+    x = torch.cat(motion)
+    wide = x[torch.from_numpy(np.concatenate(data["mouth_opening"])[: len(x)] > 0.08)][:40]
+    assert len(wide) >= 10
+    source = pipe.prepare_source(EXAMPLES / "grace_hopper.jpg")
+
+    def decoded(features: torch.Tensor) -> np.ndarray:
+        return np.asarray(pipe.motion_encoder.decode(source.face, features_to_motion(tokenizer.denormalize(features))))
+
+    before = decoded(wide)
+    after = decoded(wide - (wide @ axis + offset).clamp_min(0)[:, None] * direction)
+    gaps_before, gaps_after = np.array([lip_gap(p) for p in before]), np.array([lip_gap(p) for p in after])
+    assert np.median(gaps_before) > 0.08 and np.all(gaps_after <= 0.025), (gaps_before, gaps_after)
+    upper_face = [33, 263, 159, 386, 105, 334]  # eye corners, upper lids, brows
+    moved = np.abs(after[:, upper_face, :2] - before[:, upper_face, :2]).max((0, 2))
+    assert moved.max() < 0.5, dict(zip(upper_face, moved, strict=True))  # px
+
+
+def test_closure_gate_closes_by_its_probability_and_can_be_turned_off():
+    from teller_pipeline.models.temporal_refiner import TemporalRefiner
+
+    refiner = TemporalRefiner(closure_gate=True, closure_threshold=0.5).eval()
+    refiner.lip_opening_axis[3] = 1.0
+    refiner.closing_direction[3] = 1.0
+    refined = torch.zeros(1, 5, 69)
+    refined[..., 3] = 2.0  # an opening of 2
+    logits = torch.logit(torch.tensor([[0.2, 0.5, 0.75, 0.999999, 1.0]]))
+    out = refiner.close_lips(refined, logits)
+    assert torch.allclose(out[0, :, 3], torch.tensor([2.0, 2.0, 1.0, 0.0, 0.0]), atol=1e-4)
+    assert torch.equal(out[..., :3], refined[..., :3]) and torch.equal(out[..., 4:], refined[..., 4:])
+    refiner.register_to_config(closure_threshold=1.0)  # off
+    assert torch.equal(refiner.close_lips(refined, logits), refined)

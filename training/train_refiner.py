@@ -9,7 +9,9 @@ starter recipe uses; the refiner then corrects expression only) or as the tokeni
 it), their audio, and the `context_frames` before them. The refiner runs over the slices causally, as streaming
 does: from the second slice on, its context is its own output, so it learns to work from that rather than from
 clean motion it never sees in use. The context before the first slice is the coarse motion with `--generator`
-(ground truth plus noise without it). Target: the slices' real motion. Writes OUTPUT/temporal_refiner.
+(ground truth plus noise without it). Target: the slices' real motion. With `--closure_gate_weight` (off by
+default; training/README.md, "A closure gate"), the refiner's closure gate also learns, per frame, whether the
+data's lips meet (see `TemporalRefiner`). Writes OUTPUT/temporal_refiner.
 
 With `--generator`, training ends by measuring `expression_gain` on the validation split (see
 `TemporalRefiner`): the generated motion refined causally, as streaming does, against the real motion.
@@ -56,6 +58,9 @@ class Slices:
         # wrong, and its context starts from that output (head motion included), as it does while streaming.
         self.context_from_coarse = generated is not None
         self.motion, self.coarse, self.audio = [], [], []
+        self.closed = [torch.from_numpy(np.asarray(opening) < CLOSED_OPENING).float()
+                       for opening in data["mouth_opening"]]
+        self.silent = [torch.from_numpy(np.asarray(silence, bool)).float() for silence in data["silence"]]
         with torch.no_grad():
             for k, (motion, audio) in enumerate(zip(data["motion"], data["audio_features"], strict=True)):
                 target = tokenizer.normalize(torch.from_numpy(motion).float())
@@ -69,12 +74,13 @@ class Slices:
 
     def batch(self, size: int, context_noise: float = 0.05, unroll: int = 1):
         """`size` runs of `unroll` consecutive slices: context (B, C, D), coarse and target (B, unroll·5, D),
-        audio (B, unroll, 10, 512)."""
+        audio (B, unroll, 10, 512), and whether the target's lips meet and whether it is silent (B, unroll·5, 2),
+        as 0/1."""
         starts = np.maximum(self.slices - unroll + 1, 0)
         if not starts.any():
             raise ValueError(f"no utterance is {unroll} slices long: lower --unroll_slices")
         items = self.rng.choice(len(self.motion), size, p=starts / starts.sum())
-        context, coarse, audio, target = [], [], [], []
+        context, coarse, audio, target, closure = [], [], [], [], []
         for i in items:
             k = int(self.rng.integers(0, starts[i]))
             start, stop = k * FRAMES_PER_SLICE, (k + unroll) * FRAMES_PER_SLICE
@@ -87,10 +93,11 @@ class Slices:
             coarse.append(self.coarse[i][start:stop])
             audio.append(self.audio[i][k : k + unroll].float())
             target.append(self.motion[i][start:stop])
+            closure.append(torch.stack([self.closed[i][start:stop], self.silent[i][start:stop]], -1))
         context = torch.stack(context)
         context = context + context_noise * torch.randn(context.shape, generator=torch.Generator().manual_seed(
             int(self.rng.integers(1 << 31))))
-        return context, torch.stack(coarse), torch.stack(audio), torch.stack(target)
+        return context, torch.stack(coarse), torch.stack(audio), torch.stack(target), torch.stack(closure)
 
 
 # What forked generation workers read (a fork shares the models and data instead of pickling them).
@@ -135,14 +142,18 @@ def unrolled_loss(model: TemporalRefiner, context: torch.Tensor, coarse: torch.T
                   target: torch.Tensor, weights: torch.Tensor | None = None,
                   gap_axis: torch.Tensor | None = None,
                   closure: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], float] | None = None,
-                  ) -> torch.Tensor:
-    """Mean `refiner_loss` of `TemporalRefiner.unroll` over its slices; each slice's velocity is taken from the
-    frame before it (the context's last, then the refiner's own). With `gap_axis` (see `lip_gap_axis`), plus the
-    mean absolute error of the inner-lip gap. With `closure` = (gap, weight) (see `closure_term`), plus how far
-    the lips stay apart where the data's lips meet."""
+                  closure_targets: torch.Tensor | None = None, gate_weight: float = 0.0,
+                  speech_closure_weight: float = 1.0) -> torch.Tensor:
+    """Mean `refiner_loss` of `TemporalRefiner.unroll` over its slices, before the closure gate; each slice's
+    velocity is taken from the frame before it (the context's last, then the refiner's own). With `gap_axis` (see
+    `lip_gap_axis`), plus the mean absolute error of the inner-lip gap. With `closure` = (gap, weight) (see
+    `closure_term`), plus how far the lips stay apart where the data's lips meet. With a closure gate, plus
+    `gate_weight` × the binary cross-entropy of its logits against where the data's lips meet (`closure_targets`
+    (B, S·5, 2): lips meet, silent), closures within speech (p, b, m: short and rare beside the pauses) weighted
+    `speech_closure_weight`."""
     n = model.config.frames_per_slice
-    refined = model.unroll(context, coarse, audio)
-    anchors = torch.cat([context[:, -1:], refined[:, n - 1 : -1 : n]], 1)  # (B, S, D): the frame before each slice
+    gated, refined, logits = model.unroll_with_gate(context, coarse, audio)
+    anchors = torch.cat([context[:, -1:], gated[:, n - 1 : -1 : n]], 1)  # (B, S, D): the frame before each slice
     losses = [refiner_loss(refined[:, k * n : (k + 1) * n], target[:, k * n : (k + 1) * n], anchors[:, k : k + 1],
                            weights) for k in range(audio.shape[1])]
     loss = torch.stack(losses).mean()
@@ -150,6 +161,10 @@ def unrolled_loss(model: TemporalRefiner, context: torch.Tensor, coarse: torch.T
         loss = loss + ((refined - target) @ gap_axis).abs().mean()
     if closure is not None:
         loss = loss + closure_term(refined, target, *closure)
+    if logits is not None and gate_weight:
+        meet, silent = closure_targets.unbind(-1)
+        weight = 1.0 + (speech_closure_weight - 1.0) * meet * (1.0 - silent)
+        loss = loss + gate_weight * F.binary_cross_entropy_with_logits(logits, meet, weight)
     return loss
 
 
@@ -164,6 +179,9 @@ def closure_term(refined: torch.Tensor, target: torch.Tensor, gap: tuple[torch.T
     closed = target_gap < closed_below
     opening = (refined_gap - target_gap.clamp_min(0)).clamp_min(0) / spread
     return weight * (opening * closed).sum() / closed.sum().clamp_min(1)
+
+
+CLOSED_OPENING = 0.02  # mouth opening (inner-lip gap / inter-ocular distance, ~1.8 mm) below which lips meet
 
 
 def lip_gap(tokenizer: MotionTokenizer, features: list[torch.Tensor],
@@ -190,6 +208,32 @@ def lip_gap_axis(tokenizer: MotionTokenizer, features: list[torch.Tensor], gap_w
     utterances decoded onto Grace Hopper, 2026-12-02; training/README.md, "Lips that meet on p, b and m")."""
     axis, _, spread = lip_gap(tokenizer, features)
     return axis * gap_weight / spread
+
+
+def opening_model(tokenizer: MotionTokenizer, features: list[torch.Tensor], openings: list[np.ndarray],
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(axis, offset, direction) for the closure gate, from the data. x @ axis + offset is the inner-lip gap of
+    normalised features x (cm, `lip_gap`) above that of the data's closed lips (the median where the mouth
+    opening is under `CLOSED_OPENING`); direction is how the mouth's, chin's, jaw's and cheeks' keypoints move with
+    that gap where the mouth is open (their regression on it), scaled so that axis @ direction = 1: moving x by
+    -g · direction narrows the gap by exactly g, the lower face following as the data's does. The eyes and brows
+    are left out: whatever they do beside the mouth in a corpus (on six utterances the brows rose with it), closing
+    the lips should not move them."""
+    axis, offset, _ = lip_gap(tokenizer, features)
+    x = torch.cat(features)
+    gap = x @ axis + offset
+    opening = torch.from_numpy(np.concatenate([np.asarray(o, np.float32)[: len(f)]
+                                               for o, f in zip(openings, features, strict=True)]))
+    closed = opening < CLOSED_OPENING
+    offset = offset - gap[closed].median()
+    xo, go = x[~closed].double(), gap[~closed].double()
+    direction = ((xo - xo.mean(0)) * (go - go.mean())[:, None]).sum(0) / ((go - go.mean()) ** 2).sum()
+    lower_face = torch.zeros_like(direction, dtype=torch.bool)
+    for k, name in enumerate(rig.KEYPOINT_NAMES):
+        lower_face[3 * k : 3 * k + 3] = "lip" in name or name.startswith(("mouth", "chin", "jaw", "cheek"))
+    direction[~lower_face] = 0.0
+    direction = direction / (axis.double() @ direction)
+    return axis, offset, direction.float()
 
 
 def lip_weights(lip_weight: float, motion_dim: int) -> torch.Tensor:
@@ -239,6 +283,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--closure_weight", type=float, default=0.0,
                         help="weight of a one-sided penalty on lips left apart where the data's meet (0: none; "
                              "see closure_term)")
+    parser.add_argument("--closure_gate_weight", type=float, default=0.0,
+                        help="weight of the closure gate's cross-entropy (0, the default: a refiner without the "
+                             "gate; tried at 1, see training/README.md, 'A closure gate')")
+    parser.add_argument("--speech_closure_weight", type=float, default=8.0,
+                        help="weight, in the gate's cross-entropy, of frames where the lips meet within speech")
+    parser.add_argument("--closure_threshold", type=float, default=0.5,
+                        help="probability of closed lips above which the gate starts closing them")
     parser.add_argument("--hidden_dim", type=int, default=None, help="override the size preset's refiner width")
     parser.add_argument("--num_layers", type=int, default=None, help="override the size preset's refiner depth")
     args = parser.parse_args(argv)
@@ -247,7 +298,8 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = MotionTokenizer.from_pretrained(args.tokenizer).eval()
     config = dict(SIZES[args.size]["refiner"])
     config.update({k: getattr(args, k) for k in ("hidden_dim", "num_layers") if getattr(args, k) is not None})
-    model = TemporalRefiner(**config, expression_only=args.generator is not None)
+    gate = dict(closure_gate=True, closure_threshold=args.closure_threshold) if args.closure_gate_weight else {}
+    model = TemporalRefiner(**config, **gate, expression_only=args.generator is not None)
     train_data = load_features(args.features, "train")
     validation_data = load_features(args.features, "validation")
     generated = {"train": None, "validation": None}
@@ -262,6 +314,11 @@ def main(argv: list[str] | None = None) -> None:
     validation = Slices(validation_data, tokenizer, model.config.context_frames, args.seed + 1,
                         generated["validation"])
 
+    if model.config.closure_gate:
+        axis, offset, direction = opening_model(tokenizer, train.motion, train_data["mouth_opening"])
+        model.lip_opening_axis.copy_(axis)
+        model.lip_opening_offset.copy_(offset)
+        model.closing_direction.copy_(direction)
     weights = lip_weights(args.lip_weight, model.config.motion_dim).to(accelerator.device)
     gap_axis = None
     if args.gap_weight:
@@ -279,10 +336,11 @@ def main(argv: list[str] | None = None) -> None:
 
     model.train()
     while step < args.max_train_steps:
-        context, coarse, audio, target = (t.to(accelerator.device)
-                                          for t in train.batch(args.train_batch_size, unroll=args.unroll_slices))
+        context, coarse, audio, target, closure_targets = (
+            t.to(accelerator.device) for t in train.batch(args.train_batch_size, unroll=args.unroll_slices))
         with accelerator.accumulate(model):
-            loss = unrolled_loss(model, context, coarse, audio, target, weights, gap_axis, closure)
+            loss = unrolled_loss(model, context, coarse, audio, target, weights, gap_axis, closure, closure_targets,
+                                 args.closure_gate_weight, args.speech_closure_weight)
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             optimizer.step()
@@ -314,7 +372,7 @@ def evaluate(model: TemporalRefiner, slices: Slices, unroll: int = 1, batches: i
     model.eval()
     on, off = [], []
     for _ in range(batches):
-        context, coarse, audio, target = slices.batch(128, context_noise=0.0, unroll=unroll)
+        context, coarse, audio, target, _ = slices.batch(128, context_noise=0.0, unroll=unroll)
         on.append(F.mse_loss(model.unroll(context, coarse, audio), target).item())
         off.append(F.mse_loss(coarse, target).item())
     return {"val_mse_refined": float(np.mean(on)), "val_mse_coarse": float(np.mean(off))}

@@ -12,6 +12,13 @@ Trained for mean squared error, it regresses toward the mean: its lip movements 
 data's. `expression_gain`, measured on the validation split when training ends (how much larger the data's
 expression movements are than the refined generated ones: `train_refiner.expression_gain`), scales the
 expression offsets back up about the resting face; the session applies it with the user's expression control.
+
+A squared error also leaves the lips apart where the audio leaves it uncertain whether they meet (a short p, b or
+m): the mean of closed and open is a mouth that never quite closes. With `closure_gate`, a second head gives the
+probability that the lips meet in each frame, and where it is above `closure_threshold` the lips are closed
+along `closing_direction` (how the data's face moves as its mouth opening changes) by a share of the opening
+`lip_opening_axis` reads: a decision to close, which the regression alone never makes (training/README.md, "A
+closure gate": what it does to p, b and m, and why the bundled refiner has none).
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ class TemporalRefiner(ModelMixin, ConfigMixin):
         kernel_size: int = 3,
         expression_only: bool = False,
         expression_gain: float = 1.0,
+        closure_gate: bool = False,
+        closure_threshold: float = 0.5,
     ):
         super().__init__()
         per_frame_audio = audio_dim * audio_frames_per_slice // frames_per_slice
@@ -67,10 +76,25 @@ class TemporalRefiner(ModelMixin, ConfigMixin):
         if expression_only:
             mask[EXPRESSION.stop :] = 0
         self.register_buffer("residual_mask", mask, persistent=False)
+        if closure_gate:
+            self.closure = nn.Conv1d(hidden_dim, 1, 1)
+            # set by training from the data (`train_refiner.opening_model`), in the normalised feature space:
+            # x @ lip_opening_axis + lip_opening_offset is how far the inner lips are further apart than the data's
+            # closed lips, and x - g · closing_direction is the face with that gap g narrower
+            self.register_buffer("lip_opening_axis", torch.zeros(motion_dim))
+            self.register_buffer("lip_opening_offset", torch.zeros(()))
+            self.register_buffer("closing_direction", torch.zeros(motion_dim))
 
     def forward(self, context: torch.Tensor, coarse: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """Refined current frames (B, 5, 69) from refined past (B, C, 69), coarse current (B, 5, 69) and the
         slice's whisper frames (B, 10, 512). All motion in the tokenizer's normalised feature space."""
+        refined, closure_logits = self.regress(context, coarse, audio)
+        return refined if closure_logits is None else self.close_lips(refined, closure_logits)
+
+    def regress(self, context: torch.Tensor, coarse: torch.Tensor,
+                audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The refined frames before the closure gate, and the gate's logits (B, 5) that the lips meet (None
+        without `closure_gate`)."""
         b, n = coarse.shape[:2]
         flag = torch.cat([coarse.new_zeros(b, context.shape[1], 1), coarse.new_ones(b, n, 1)], 1)
         x = self.motion_in(torch.cat([torch.cat([context, coarse], 1), flag], -1))
@@ -78,19 +102,39 @@ class TemporalRefiner(ModelMixin, ConfigMixin):
         x = x + torch.cat([torch.zeros_like(x[:, : context.shape[1]]), audio_frames], 1)
         x = self.blocks(x.transpose(1, 2))
         residual = self.out(x).transpose(1, 2)[:, -n:]
-        return coarse + residual * self.residual_mask
+        logits = self.closure(x)[:, 0, -n:] if self.config.closure_gate else None
+        return coarse + residual * self.residual_mask, logits
+
+    def close_lips(self, refined: torch.Tensor, closure_logits: torch.Tensor) -> torch.Tensor:
+        """Close the lips of frames whose probability p of closed lips is above `closure_threshold`, by the
+        share (p - threshold) / (1 - threshold) of their opening: all of it at p = 1."""
+        threshold = self.config.closure_threshold
+        if threshold >= 1.0:
+            return refined
+        share = ((torch.sigmoid(closure_logits) - threshold) / (1.0 - threshold)).clamp(0, 1)
+        opening = (refined @ self.lip_opening_axis + self.lip_opening_offset).clamp_min(0)
+        return refined - (share * opening)[..., None] * self.closing_direction
 
     def unroll(self, context: torch.Tensor, coarse: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """Refined frames (B, S·5, 69) of S consecutive slices, run causally as `TellerSession` runs them: each
         slice sees the refiner's own output before it. `context` (B, C, 69) precedes the first slice, coarse is
         (B, S·5, 69), audio (B, S, 10, 512)."""
+        return self.unroll_with_gate(context, coarse, audio)[0]
+
+    def unroll_with_gate(self, context: torch.Tensor, coarse: torch.Tensor,
+                         audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """As `unroll`, and also the frames before the closure gate and the gate's logits (B, S·5) (None without
+        `closure_gate`): what training needs."""
         n = self.config.frames_per_slice
-        refined = []
+        refined, regressed, logits = [], [], []
         for k in range(audio.shape[1]):
-            current = self(context, coarse[:, k * n : (k + 1) * n], audio[:, k].to(self.dtype))
+            before, slice_logits = self.regress(context, coarse[:, k * n : (k + 1) * n], audio[:, k].to(self.dtype))
+            current = before if slice_logits is None else self.close_lips(before, slice_logits)
             context = torch.cat([context, current], 1)[:, -context.shape[1] :]
             refined.append(current)
-        return torch.cat(refined, 1)
+            regressed.append(before)
+            logits.append(slice_logits)
+        return torch.cat(refined, 1), torch.cat(regressed, 1), torch.cat(logits, 1) if logits[0] is not None else None
 
 
 @torch.no_grad()

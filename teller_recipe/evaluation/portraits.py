@@ -310,8 +310,9 @@ def plot_gap(gap: np.ndarray, implied: np.ndarray, speech: Speech, path: Path, t
 # ------------------------------------------------------------------------------------------------ run
 def evaluate_portraits(checkpoint: str | Path, corpus: str | Path | None, output: str | Path,
                        portraits: list[str | Path], held_out: int = HELD_OUT_UTTERANCES, seed: int = 0,
-                       lookahead_heard: float | None = None) -> dict:
-    """`lookahead_heard`: seconds of the generator's audio lookahead it hears (None: the checkpoint's setting)."""
+                       lookahead_heard: float | None = None, closure_threshold: float | None = None) -> dict:
+    """`lookahead_heard`: seconds of the generator's audio lookahead it hears (None: the checkpoint's setting);
+    `closure_threshold`: the refiner's closure gate threshold (1 turns the gate off; None: the checkpoint's)."""
     from teller_pipeline import TellerPipeline
 
     started = time.perf_counter()
@@ -322,12 +323,18 @@ def evaluate_portraits(checkpoint: str | Path, corpus: str | Path | None, output
             raise ValueError(f"--lookahead-heard must be between 0 and the generator's "
                              f"{pipe.motion_generator.config.audio_lookahead_seconds} s lookahead")
         pipe.motion_generator.register_to_config(audio_lookahead_heard_seconds=lookahead_heard)
+    if closure_threshold is not None:
+        if not pipe.temporal_refiner.config.closure_gate:
+            raise ValueError("--closure-threshold: this checkpoint's refiner has no closure gate")
+        pipe.temporal_refiner.register_to_config(closure_threshold=closure_threshold)
     groups = {"real": [real_speech()]}
     if corpus and held_out and Path(corpus).is_dir():
         groups["held_out"] = held_out_speech(corpus, held_out)
     implied = {s.name: implied_gap(s.audio, s.phones) for speeches in groups.values() for s in speeches}
     results: dict = {"checkpoint": str(checkpoint), "seed": seed,
                      "lookahead_heard": pipe.motion_generator.config.audio_lookahead_heard_seconds,
+                     "closure_threshold": pipe.temporal_refiner.config.closure_threshold
+                     if pipe.temporal_refiner.config.closure_gate else None,
                      "portraits": {}, "targets": TARGETS,
                      "closed_gap": CLOSED_GAP}
     if "held_out" in groups:  # the corpus' motion itself, not rendered
@@ -457,11 +464,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lookahead-heard", type=float, default=None,
                         help="seconds of the generator's audio lookahead it hears (default: the checkpoint's)")
+    parser.add_argument("--closure-threshold", type=float, default=None,
+                        help="the refiner's closure gate threshold (1: gate off; default: the checkpoint's)")
     parser.add_argument("--num-threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.num_threads)
     evaluate_portraits(args.checkpoint, args.corpus, args.output, args.portraits, args.held_out, args.seed,
-                       args.lookahead_heard)
+                       args.lookahead_heard, args.closure_threshold)
 
 
 if __name__ == "__main__":

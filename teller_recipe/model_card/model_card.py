@@ -230,7 +230,9 @@ def _architecture(checkpoint: Path) -> str:
          "over recent motion + the slice's audio, causal across slices; trained on the generator's own "
          "sampled output, run over 4 slices at a time on its own earlier output as in streaming, the lips "
          "weighted 4× in its loss; expression movements scaled by "
-         f"{ref.get('expression_gain', 1.0):.2f} (the shrinkage measured on the validation split)",
+         f"{ref.get('expression_gain', 1.0):.2f} (the shrinkage measured on the validation split)"
+         + (f"; a closure gate (a second head: the probability that the lips meet) closes them where it is above "
+            f"{ref['closure_threshold']}" if ref.get("closure_gate") else ""),
          f"{m['temporal_refiner']:.2f} M"),
         ("renderer", "geometric: a mesh-driven warp of the whole photo, synthesized oral cavity and teeth, "
          "eyelid closing", "buffers only"),

@@ -147,7 +147,7 @@ def load_features(path: str | Path, split: str) -> dict[str, list]:
     from datasets import load_from_disk
 
     data = load_from_disk(str(path))[split].with_format("numpy")
-    columns = ["audio_features", "motion", "identity_prior", "silence", "voice"]
+    columns = ["audio_features", "motion", "identity_prior", "silence", "mouth_opening", "voice"]
     out = {c: list(data[c]) for c in columns if c in data.column_names}
     out["audio_features"] = [np.asarray(a, np.float16) for a in out["audio_features"]]
     return out
