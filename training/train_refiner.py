@@ -46,6 +46,8 @@ from teller_recipe.training.utils import (
     save_checkpoint,
 )
 
+CLOSED_OPENING = 0.02  # mouth opening (inner-lip gap / inter-ocular distance, ~1.8 mm) below which lips meet
+
 
 class Slices:
     """(context, coarse, audio, target) for random slices, all in the tokenizer's normalised space."""
@@ -179,9 +181,6 @@ def closure_term(refined: torch.Tensor, target: torch.Tensor, gap: tuple[torch.T
     closed = target_gap < closed_below
     opening = (refined_gap - target_gap.clamp_min(0)).clamp_min(0) / spread
     return weight * (opening * closed).sum() / closed.sum().clamp_min(1)
-
-
-CLOSED_OPENING = 0.02  # mouth opening (inner-lip gap / inter-ocular distance, ~1.8 mm) below which lips meet
 
 
 def lip_gap(tokenizer: MotionTokenizer, features: list[torch.Tensor],
