@@ -221,6 +221,7 @@ class TellerPipeline(DiffusionPipeline):
         max_audio_seconds: float = 600.0,
         min_video_seconds: float = 1.0,
         max_image_size: int = 1024,
+        audio_encoder_int8: bool = False,
     ):
         super().__init__()
         self.register_modules(
@@ -232,6 +233,8 @@ class TellerPipeline(DiffusionPipeline):
             temporal_refiner=temporal_refiner,
             renderer=renderer,
         )
+        if audio_encoder is not None:  # opt-in: a third of its products in int8 (`TellerAudioEncoder.int8`)
+            audio_encoder.int8 = bool(audio_encoder_int8)
         self.face_landmarker_path: Path | None = None
         self._face_analyzer: FaceAnalyzer | None = None
         self._face_analyzer_pid = 0  # the process that made it

@@ -7,7 +7,9 @@ it) on windows of the example recording, at the package's torch thread count, li
 
 * `transformers layers`: `WhisperEncoderLayer.forward` per layer, all positions, as `encode_window` ran before;
 * `written out, MKL`: `whisper_inference.encode_layers` with `F.linear` (MKL's sgemm) for the products;
-* `written out, oneDNN`: the same with oneDNN's kernel, what the package runs on a CPU.
+* `written out, oneDNN`: the same with oneDNN's kernel, float32 throughout (`TellerAudioEncoder.int8` off);
+* `written out, int8`: the same with the query, key and first MLP products in int8 (opt-in:
+  `TellerPipeline.from_pretrained(..., audio_encoder_int8=True)`).
 
 The forwards take turns, repeat after repeat, and each prints its fastest and median time per window: the machine is
 shared, so single timings are noisy and the minimum is what the stage costs when nothing else runs. The 1-minute
@@ -40,7 +42,7 @@ def encode_window_with_transformers_layers(encoder, input_features: torch.Tensor
     return encoder.layer_norm(x)[:, keep]
 
 
-FORWARDS = ("transformers layers", "written out, MKL", "written out, oneDNN")
+FORWARDS = ("transformers layers", "written out, MKL", "written out, oneDNN", "written out, int8")
 
 
 @contextlib.contextmanager
@@ -50,15 +52,16 @@ def forward_named(encoder, name: str) -> Iterator[None]:
 
     if name not in FORWARDS:
         raise ValueError(f"no forward named {name!r}; there are {FORWARDS}")
-    onednn = whisper_inference.ONEDNN_LINEAR
+    onednn, int8 = whisper_inference.ONEDNN_LINEAR, encoder.int8
     if name == "transformers layers":
         encoder.encode_window = lambda features, keep=slice(None): encode_window_with_transformers_layers(
             encoder, features, keep)
     whisper_inference.ONEDNN_LINEAR = onednn and name != "written out, MKL"
+    encoder.int8 = name == "written out, int8"
     try:
         yield
     finally:
-        whisper_inference.ONEDNN_LINEAR = onednn
+        whisper_inference.ONEDNN_LINEAR, encoder.int8 = onednn, int8
         encoder.__dict__.pop("encode_window", None)
 
 
