@@ -11,7 +11,7 @@ from teller_pipeline import rig
 from teller_recipe.evaluation.evaluate import lip_gap
 from teller_recipe.evaluation.portraits import CLOSED_GAP, DEFAULT_PORTRAITS
 
-from .conftest import EXAMPLES
+from .conftest import CHECKPOINT, EXAMPLES
 
 PORTRAITS = [EXAMPLES / name for name in DEFAULT_PORTRAITS]
 # What the bundled checkpoint reaches on a clip with ordinary pauses (`python -m teller_recipe.evaluation.portraits`:
@@ -160,6 +160,18 @@ def test_a_photo_taken_mid_word_is_driven_as_far_as_a_closed_mouth(pipe, real_sp
     m = _real_speech_metrics(pipe, real_speech, portrait)
     assert m["driven_p90"] >= TARGET_GAP_P90 and AMPLITUDE[0] <= m["driven_ratio"] <= AMPLITUDE[1], m
     assert m["driven_bilabial_ratio"] <= BILABIAL, m
+
+
+def test_the_driven_only_evaluation_gives_what_the_rendered_one_hands_the_renderer(pipe, real_speech, tmp_path):
+    """`portraits --driven-only` (the quick A/B of checkpoints, over seeds) skips rendering, not the motion: its seed 0
+    is the driven measure of the full evaluation."""
+    from teller_recipe.evaluation.portraits import evaluate_driven
+
+    full = _real_speech_metrics(pipe, real_speech, "grace_hopper.jpg")
+    quick = evaluate_driven(CHECKPOINT, None, tmp_path, [EXAMPLES / "grace_hopper.jpg"], seeds=1)
+    real = quick["portraits"]["grace_hopper"]["real"]
+    assert real["gap_p90"]["seeds"] == [full["driven_p90"]] and real["gap_max"]["seeds"] == [full["driven_max"]]
+    assert "| grace_hopper | real |" in (tmp_path / "driven.md").read_text()
 
 
 OBAMA_SPEAKING_SEAM = ("ratio 1.23 (1.2 allowed), closed in 0.58 of the pauses: the lips it is given meet in the "

@@ -23,17 +23,9 @@ import numpy as np
 import torch
 
 from teller_recipe import ROOT
-from teller_recipe.evaluation.evaluate import render
-from teller_recipe.evaluation.portraits import (
-    Speech,
-    decoded_motion,
-    group_metrics,
-    held_out_speech,
-    implied_gap,
-    real_speech,
-)
+from teller_recipe.evaluation.portraits import DRIVEN_METRICS, Speech, driven_metrics, held_out_speech, real_speech
 
-MOTION_METRICS = ("gap_p90", "gap_max", "amplitude_ratio", "bilabial_ratio", "sync_r")
+MOTION_METRICS = DRIVEN_METRICS[:5]  # closed in silence: the refiner's and the session's, not the encoder's
 
 
 def embedding_agreement(pipe, speeches: list[Speech]) -> dict[str, float]:
@@ -54,19 +46,6 @@ def embedding_agreement(pipe, speeches: list[Speech]) -> dict[str, float]:
     change = ((embeddings[True] - embeddings[False]).norm(dim=-1) / embeddings[False].norm(dim=-1)).numpy()
     return {"slices": len(windows), "cosine_mean": float(cosine.mean()), "cosine_p5": float(np.percentile(cosine, 5)),
             "cosine_min": float(cosine.min()), "change_mean": float(change.mean())}
-
-
-def driven_metrics(pipe, source, groups: dict[str, list[Speech]], seed: int) -> dict[str, dict[str, float]]:
-    """Per group, `portraits.group_metrics` of the driven gap (the landmarks handed to the renderer)."""
-    out = {}
-    for group, speeches in groups.items():
-        items = []
-        for speech in speeches:
-            with decoded_motion(pipe) as decoded:
-                render(pipe, source, speech.audio, seed)
-            items.append((speech, np.concatenate(decoded.gaps), implied_gap(speech.audio, speech.phones)))
-        out[group] = group_metrics(items)
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:

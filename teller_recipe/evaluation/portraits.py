@@ -2,6 +2,7 @@
 
     python -m teller_recipe.evaluation.portraits --checkpoint checkpoints/teller-base --corpus data/corpus \
         --output runs/portraits [--portraits examples/astronaut.png examples/biden.jpg ...] [--held-out 8]
+        [--driven-only --seeds 6]
 
 Every portrait speaks two groups of speech with the full pipeline at default settings (streaming session, seed 0):
 
@@ -35,6 +36,11 @@ Measured on the *rendered frames* by MediaPipe's face landmarker, as an outside 
 Writes `<output>/metrics.md`, `metrics.json`, and per portrait a contact sheet `sheets/<name>.png` (the widest-open
 frames, a mid-bilabial frame, a blink and a pause at full resolution, with their mouths enlarged below) and a
 plot `plots/<name>_gap.png` of the real group's gap over time against the implied gap.
+
+`--driven-only [--seeds 6]`: only the driven gap, without rendering or the landmarker, for seeds 0 .. N-1, as mean ±
+standard deviation (`<output>/driven.md`, `driven.json`): about half a minute per portrait and seed on 2 cores. The
+generator samples, so one seed's numbers move by about the spread this prints; two refiners or settings
+(`--closure-threshold`, `--lookahead-heard`, another `--checkpoint`) differ only beyond it.
 """
 
 from __future__ import annotations
@@ -308,15 +314,13 @@ def plot_gap(gap: np.ndarray, implied: np.ndarray, speech: Speech, path: Path, t
 
 
 # ------------------------------------------------------------------------------------------------ run
-def evaluate_portraits(checkpoint: str | Path, corpus: str | Path | None, output: str | Path,
-                       portraits: list[str | Path], held_out: int = HELD_OUT_UTTERANCES, seed: int = 0,
-                       lookahead_heard: float | None = None, closure_threshold: float | None = None) -> dict:
-    """`lookahead_heard`: seconds of the generator's audio lookahead it hears (None: the checkpoint's setting);
-    `closure_threshold`: the refiner's closure gate threshold (1 turns the gate off; None: the checkpoint's)."""
+def load_pipeline(checkpoint: str | Path, lookahead_heard: float | None = None,
+                  closure_threshold: float | None = None):
+    """The pipeline at default settings, but for the two options the evaluations can change: `lookahead_heard`,
+    seconds of the generator's audio lookahead it hears (None: the checkpoint's setting); `closure_threshold`, the
+    refiner's closure gate threshold (1 turns the gate off; None: the checkpoint's)."""
     from teller_pipeline import TellerPipeline
 
-    started = time.perf_counter()
-    output = Path(output)
     pipe = TellerPipeline.from_pretrained(str(checkpoint))
     if lookahead_heard is not None:
         if not 0 <= lookahead_heard <= pipe.motion_generator.config.audio_lookahead_seconds:
@@ -327,6 +331,17 @@ def evaluate_portraits(checkpoint: str | Path, corpus: str | Path | None, output
         if not pipe.temporal_refiner.config.closure_gate:
             raise ValueError("--closure-threshold: this checkpoint's refiner has no closure gate")
         pipe.temporal_refiner.register_to_config(closure_threshold=closure_threshold)
+    return pipe
+
+
+def evaluate_portraits(checkpoint: str | Path, corpus: str | Path | None, output: str | Path,
+                       portraits: list[str | Path], held_out: int = HELD_OUT_UTTERANCES, seed: int = 0,
+                       lookahead_heard: float | None = None, closure_threshold: float | None = None) -> dict:
+    """`lookahead_heard`: seconds of the generator's audio lookahead it hears (None: the checkpoint's setting);
+    `closure_threshold`: the refiner's closure gate threshold (1 turns the gate off; None: the checkpoint's)."""
+    started = time.perf_counter()
+    output = Path(output)
+    pipe = load_pipeline(checkpoint, lookahead_heard, closure_threshold)
     groups = {"real": [real_speech()]}
     if corpus and held_out and Path(corpus).is_dir():
         groups["held_out"] = held_out_speech(corpus, held_out)
@@ -378,6 +393,64 @@ def evaluate_portraits(checkpoint: str | Path, corpus: str | Path | None, output
     output.mkdir(parents=True, exist_ok=True)
     (output / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
     (output / "metrics.md").write_text(markdown(results))
+    return results
+
+
+DRIVEN_METRICS = ("gap_p90", "gap_max", "amplitude_ratio", "bilabial_ratio", "sync_r", "closed_in_silence")
+
+
+def driven_metrics(pipe, source, groups: dict[str, list[Speech]], seed: int) -> dict[str, dict[str, float]]:
+    """Per group, `group_metrics` of the driven gap (the landmarks handed to the renderer) with `seed`."""
+    out = {}
+    for group, speeches in groups.items():
+        items = []
+        for speech in speeches:
+            with decoded_motion(pipe) as decoded:
+                render(pipe, source, speech.audio, seed)
+            items.append((speech, np.concatenate(decoded.gaps), implied_gap(speech.audio, speech.phones)))
+        out[group] = group_metrics(items)
+    return out
+
+
+def evaluate_driven(checkpoint: str | Path, corpus: str | Path | None, output: str | Path,
+                    portraits: list[str | Path], held_out: int = HELD_OUT_UTTERANCES, seeds: int = 6,
+                    lookahead_heard: float | None = None, closure_threshold: float | None = None) -> dict:
+    """`--driven-only`: the mouth before rendering, over seeds 0 .. `seeds` - 1, as mean and standard deviation.
+
+    The generator samples, so one seed's numbers move by about a seed's spread; two checkpoints or settings compare
+    only beyond it. Without rendering or the landmarker a portrait takes about a minute per seed on 2 cores, so
+    refiners from a few training runs can be told apart in minutes (the rendered evaluation takes ~2 min per portrait
+    and seed). Options as `evaluate_portraits`."""
+    started = time.perf_counter()
+    pipe = load_pipeline(checkpoint, lookahead_heard, closure_threshold)
+    pipe.renderer.render = lambda state, landmarks: state.image  # not measured here: the photo, at no cost
+    groups = {"real": [real_speech()]}
+    if corpus and held_out and Path(corpus).is_dir():
+        groups["held_out"] = held_out_speech(corpus, held_out)
+    results: dict = {"checkpoint": str(checkpoint), "seeds": seeds, "portraits": {}, "targets": TARGETS}
+    for portrait in portraits:
+        name, source = Path(portrait).stem, pipe.prepare_source(portrait)
+        runs = [driven_metrics(pipe, source, groups, seed) for seed in range(seeds)]
+        results["portraits"][name] = {
+            group: {m: {"mean": float(np.mean(v)), "std": float(np.std(v)), "seeds": [float(x) for x in v]}
+                    for m in DRIVEN_METRICS for v in [[run[group][m] for run in runs]]}
+            for group in groups}
+        for group, metrics in results["portraits"][name].items():
+            print(f"{name} {group}: " + ", ".join(f"{m} {v['mean']:.3f} ± {v['std']:.3f}" for m, v in metrics.items()),
+                  flush=True)
+    results["seconds"] = time.perf_counter() - started
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "driven.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = [f"Before rendering, mean ± standard deviation over seeds 0-{seeds - 1} (`{checkpoint}`):", "",
+             "| portrait | group | " + " | ".join(m.replace("_", " ") for m in DRIVEN_METRICS) + " |",
+             "|---|---|" + "---|" * len(DRIVEN_METRICS)]
+    for name, per_group in results["portraits"].items():
+        for group, metrics in per_group.items():
+            lines.append(f"| {name} | {group} | "
+                         + " | ".join(f"{v['mean']:.3f} ± {v['std']:.3f}" for v in metrics.values()) + " |")
+    lines += ["", f"{results['seconds']:.0f} s on 2 cores.", ""]
+    (output / "driven.md").write_text("\n".join(lines))
     return results
 
 
@@ -462,6 +535,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--held-out", type=int, default=HELD_OUT_UTTERANCES,
                         help="held-out utterances per portrait (0 = none)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--driven-only", action="store_true",
+                        help="only the mouth before rendering, over --seeds seeds (mean ± standard deviation): "
+                             "writes driven.md and driven.json")
+    parser.add_argument("--seeds", type=int, default=6, help="with --driven-only: seeds 0 .. N-1")
     parser.add_argument("--lookahead-heard", type=float, default=None,
                         help="seconds of the generator's audio lookahead it hears (default: the checkpoint's)")
     parser.add_argument("--closure-threshold", type=float, default=None,
@@ -469,6 +546,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.num_threads)
+    if args.driven_only:
+        evaluate_driven(args.checkpoint, args.corpus, args.output, args.portraits, args.held_out, args.seeds,
+                        args.lookahead_heard, args.closure_threshold)
+        return
     evaluate_portraits(args.checkpoint, args.corpus, args.output, args.portraits, args.held_out, args.seed,
                        args.lookahead_heard, args.closure_threshold)
 
