@@ -56,7 +56,7 @@ class TellerAudioEncoder(WhisperEncoder):
     `int8`: a third of the matrix products in int8 on a CPU (`whisper_inference`), about a fifth less time for the
     encoder. Off unless asked for (`TellerPipeline.from_pretrained(..., audio_encoder_int8=True)`): the embeddings
     move by 7 % of their size, and the lips meet a little less on p/b/m of held-out voices (bilabial ratio
-    +0.005 and +0.010 on two portraits, about twice the spread of the mean over seeds; size and sync unchanged:
+    +0.005 and +0.010 on two portraits, the second beyond the spread over seeds; size and sync unchanged:
     `python -m teller_recipe.evaluation.audio_precision`). Training computes its features in float32.
     """
 

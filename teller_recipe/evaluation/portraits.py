@@ -418,9 +418,9 @@ def evaluate_driven(checkpoint: str | Path, corpus: str | Path | None, output: s
     """`--driven-only`: the mouth before rendering, over seeds 0 .. `seeds` - 1, as mean and standard deviation.
 
     The generator samples, so one seed's numbers move by about a seed's spread; two checkpoints or settings compare
-    only beyond it. Without rendering or the landmarker a portrait takes about a minute per seed on 2 cores, so
-    refiners from a few training runs can be told apart in minutes (the rendered evaluation takes ~2 min per portrait
-    and seed). Options as `evaluate_portraits`."""
+    only beyond it. Without rendering or the landmarker a portrait takes about half a minute per seed on 2 cores
+    (the real clip and 8 held-out utterances), so refiners from a few training runs can be told apart in minutes
+    (the rendered evaluation takes ~2 min per portrait and seed). Options as `evaluate_portraits`."""
     started = time.perf_counter()
     pipe = load_pipeline(checkpoint, lookahead_heard, closure_threshold)
     pipe.renderer.render = lambda state, landmarks: state.image  # not measured here: the photo, at no cost
