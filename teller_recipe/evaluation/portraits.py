@@ -37,8 +37,9 @@ Writes `<output>/metrics.md`, `metrics.json`, and per portrait a contact sheet `
 frames, a mid-bilabial frame, a blink and a pause at full resolution, with their mouths enlarged below) and a
 plot `plots/<name>_gap.png` of the real group's gap over time against the implied gap.
 
-`--driven-only [--seeds 6]`: only the driven gap, without rendering or the landmarker, for seeds 0 .. N-1, as mean ±
-standard deviation (`<output>/driven.md`, `driven.json`): about half a minute per portrait and seed on 2 cores. The
+`--driven-only [--seeds 6]`: only the driven gap and the decoded head pose's speed and jitter, without rendering or
+the landmarker, for seeds 0 .. N-1, as mean ± standard deviation (`<output>/driven.md`, `driven.json`): about half a
+minute per portrait and seed on 2 cores. The
 generator samples, so one seed's numbers move by about the spread this prints; two refiners or settings
 (`--closure-threshold`, `--lookahead-heard`, another `--checkpoint`) differ only beyond it.
 """
@@ -396,19 +397,23 @@ def evaluate_portraits(checkpoint: str | Path, corpus: str | Path | None, output
     return results
 
 
-DRIVEN_METRICS = ("gap_p90", "gap_max", "amplitude_ratio", "bilabial_ratio", "sync_r", "closed_in_silence")
+DRIVEN_METRICS = ("gap_p90", "gap_max", "amplitude_ratio", "bilabial_ratio", "sync_r", "closed_in_silence",
+                  "speed_deg_s", "jitter_deg")
+DRIVEN_LABELS = {"speed_deg_s": "head speed (deg/s)", "jitter_deg": "head jitter (deg/frame)"}
 
 
 def driven_metrics(pipe, source, groups: dict[str, list[Speech]], seed: int) -> dict[str, dict[str, float]]:
-    """Per group, `group_metrics` of the driven gap (the landmarks handed to the renderer) with `seed`."""
+    """Per group, `group_metrics` of the driven gap (the landmarks handed to the renderer) and `head_statistics` of
+    the decoded head pose, with `seed`."""
     out = {}
     for group, speeches in groups.items():
-        items = []
+        items, rotations = [], []
         for speech in speeches:
             with decoded_motion(pipe) as decoded:
                 render(pipe, source, speech.audio, seed)
             items.append((speech, np.concatenate(decoded.gaps), implied_gap(speech.audio, speech.phones)))
-        out[group] = group_metrics(items)
+            rotations.append(np.concatenate(decoded.rotations))
+        out[group] = group_metrics(items) | head_statistics(rotations)
     return out
 
 
@@ -443,7 +448,8 @@ def evaluate_driven(checkpoint: str | Path, corpus: str | Path | None, output: s
     output.mkdir(parents=True, exist_ok=True)
     (output / "driven.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [f"Before rendering, mean ± standard deviation over seeds 0-{seeds - 1} (`{checkpoint}`):", "",
-             "| portrait | group | " + " | ".join(m.replace("_", " ") for m in DRIVEN_METRICS) + " |",
+             "| portrait | group | " + " | ".join(DRIVEN_LABELS.get(m, m.replace("_", " ")) for m in DRIVEN_METRICS)
+             + " |",
              "|---|---|" + "---|" * len(DRIVEN_METRICS)]
     for name, per_group in results["portraits"].items():
         for group, metrics in per_group.items():
