@@ -59,7 +59,7 @@ def features(tmp_path_factory) -> Path:
     return root / "features"
 
 
-def test_recipe_trains_resumes_and_builds_a_working_checkpoint(features, tmp_path):
+def test_recipe_trains_resumes_and_builds_a_working_checkpoint(features, tmp_path, monkeypatch):
     from teller_pipeline import TellerPipeline, TemporalRefiner
 
     common = ["--features", features, "--size", "tiny", "--train_batch_size", "8", "--lr_warmup_steps", "2",
@@ -83,7 +83,8 @@ def test_recipe_trains_resumes_and_builds_a_working_checkpoint(features, tmp_pat
     refiner = tmp_path / "refiner"
     _run(*LAUNCH, "training/train_refiner.py", *common, "--output_dir", refiner, "--max_train_steps", "4",
          "--tokenizer", tokenizer / "motion_tokenizer", "--generator", generator / "motion_generator",
-         "--generated_utterances", "4", "--workers", "2")
+         "--generated_utterances", "4", "--workers", "2", "--generated_cache", tmp_path / "kept")
+    assert len(list((tmp_path / "kept").glob("*.pt"))) == 2  # the train and validation splits' samples, kept
     gain = TemporalRefiner.from_pretrained(refiner / "temporal_refiner").config.expression_gain
     assert 1.0 <= gain <= 1.5 and gain == _metrics(refiner)[-1]["expression_gain"]
     # The refiner's training motion is the same however many processes generate it.
@@ -93,6 +94,15 @@ def test_recipe_trains_resumes_and_builds_a_working_checkpoint(features, tmp_pat
               MotionTokenizer.from_pretrained(tokenizer / "motion_tokenizer"))
     one, two = (train_refiner.generated_motion(*models, data, seed=0, workers=w) for w in (1, 2))
     assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
+    # Kept samples (--generated_cache): a later run with the same generator, utterances and seed loads them.
+    cache = tmp_path / "samples"
+    kept = train_refiner.cached_generated_motion(str(cache), *models, data, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(kept, one, strict=True)) and len(list(cache.glob("*.pt"))) == 1
+    monkeypatch.setattr(train_refiner, "generated_motion", None)  # sampling again would fail
+    again = train_refiner.cached_generated_motion(str(cache), *models, data, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(again, one, strict=True))
+    with pytest.raises(TypeError):  # another seed is not what was kept
+        train_refiner.cached_generated_motion(str(cache), *models, data, seed=1)
 
     trained = tmp_path / "trained"
     trained.mkdir()

@@ -57,8 +57,8 @@ step generator "$RUN/generator/motion_generator" \
 step refiner "$RUN/refiner/temporal_refiner" \
     "${LAUNCH[@]}" training/train_refiner.py --features "$DATA/features" --tokenizer "$RUN/tokenizer/motion_tokenizer" \
     --generator "$RUN/generator/motion_generator" --num_threads 1 --workers "$WORKERS" \
-    --output_dir "$RUN/refiner" --max_train_steps "$REFINER_STEPS" --train_batch_size 64 \
-    --resume_from_checkpoint latest
+    --generated_cache "$RUN/samples" --output_dir "$RUN/refiner" --max_train_steps "$REFINER_STEPS" \
+    --train_batch_size 64 --resume_from_checkpoint latest
 # build_checkpoint reads the three trained parts from one folder.
 mkdir -p "$RUN/trained"
 for part in tokenizer/motion_tokenizer generator/motion_generator refiner/temporal_refiner; do

@@ -15,11 +15,17 @@ data's lips meet (see `TemporalRefiner`). Writes OUTPUT/temporal_refiner.
 
 With `--generator`, training ends by measuring `expression_gain` on the validation split (see
 `TemporalRefiner`): the generated motion refined causally, as streaming does, against the real motion.
+
+Sampling the generator is the slow part (~13 min of the starter recipe's refiner step on 2 cores). With
+`--generated_cache DIR` the samples are kept there and a later run with the same generator weights, utterances and
+`--sample_seed` loads them: refiners trained with other `--seed`s (initialisation and batches) or losses then take
+minutes, and differ only in what they learn.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -138,6 +144,26 @@ def generated_motion(generator: MotionGenerator, tokenizer: MotionTokenizer, dat
         for i, motion in zip(shard, motions, strict=True):
             out[i] = motion
     return out
+
+
+def cached_generated_motion(cache: str | None, generator: MotionGenerator, tokenizer: MotionTokenizer, data: dict,
+                            seed: int, workers: int = 1) -> list[torch.Tensor]:
+    """`generated_motion`, kept in the folder `cache` (None: not kept) under a name made of what it depends on: the
+    generator's weights, the utterances' motion, `seed` and the sampling settings."""
+    if cache is None:
+        return generated_motion(generator, tokenizer, data, seed, workers=workers)
+    digest = hashlib.sha256()
+    for tensor in [*generator.state_dict().values(), *tokenizer.state_dict().values(), *map(torch.as_tensor,
+                                                                                              data["motion"])]:
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    path = os.path.join(cache, f"generated_{len(data['motion'])}_seed{seed}_{digest.hexdigest()[:16]}.pt")
+    if os.path.exists(path):
+        return torch.load(path)
+    motion = generated_motion(generator, tokenizer, data, seed, workers=workers)
+    os.makedirs(cache, exist_ok=True)
+    torch.save(motion, path + ".partial")
+    os.replace(path + ".partial", path)  # a run killed while saving leaves no truncated file under the name
+    return motion
 
 
 def unrolled_loss(model: TemporalRefiner, context: torch.Tensor, coarse: torch.Tensor, audio: torch.Tensor,
@@ -272,6 +298,11 @@ def main(argv: list[str] | None = None) -> None:
                              "is the slow part)")
     parser.add_argument("--workers", type=int, default=1,
                         help="with --generator: processes generating the training motion (one thread each)")
+    parser.add_argument("--generated_cache", default=None,
+                        help="with --generator: a folder that keeps the generator's samples for later runs")
+    parser.add_argument("--sample_seed", type=int, default=None,
+                        help="with --generator: the seed of its samples and of which utterances are sampled "
+                             "(default: --seed)")
     parser.add_argument("--unroll_slices", type=int, default=4,
                         help="consecutive slices per example, refined causally (each sees its own earlier output)")
     parser.add_argument("--lip_weight", type=float, default=4.0,
@@ -304,10 +335,12 @@ def main(argv: list[str] | None = None) -> None:
     generated = {"train": None, "validation": None}
     if args.generator:
         generator = MotionGenerator.from_pretrained(args.generator).eval()
-        picks = np.random.default_rng(args.seed).permutation(len(train_data["motion"]))[: args.generated_utterances]
+        sample_seed = args.seed if args.sample_seed is None else args.sample_seed
+        picks = np.random.default_rng(sample_seed).permutation(len(train_data["motion"]))[: args.generated_utterances]
         train_data = {k: [v[i] for i in sorted(picks)] for k, v in train_data.items()}
         for split, data in (("train", train_data), ("validation", validation_data)):
-            generated[split] = generated_motion(generator, tokenizer, data, args.seed, workers=args.workers)
+            generated[split] = cached_generated_motion(args.generated_cache, generator, tokenizer, data, sample_seed,
+                                                       workers=args.workers)
             accelerator.print(f"generated the {split} split's motion ({len(data['motion'])} utterances)")
     train = Slices(train_data, tokenizer, model.config.context_frames, args.seed, generated["train"])
     validation = Slices(validation_data, tokenizer, model.config.context_frames, args.seed + 1,
