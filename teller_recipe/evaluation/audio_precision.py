@@ -23,25 +23,34 @@ import numpy as np
 import torch
 
 from teller_recipe import ROOT
-from teller_recipe.evaluation.portraits import DRIVEN_METRICS, Speech, driven_metrics, held_out_speech, real_speech
+from teller_recipe.evaluation.portraits import (
+    HELD_OUT_UTTERANCES,
+    Speech,
+    driven_metrics,
+    held_out_speech,
+    real_speech,
+)
 
-MOTION_METRICS = DRIVEN_METRICS[:5]  # closed in silence: the refiner's and the session's, not the encoder's
+# of `driven_metrics`' entries, those the speech encoder can move (closed in silence is the session's silence gate's)
+MOTION_METRICS = ("gap_p90", "gap_max", "amplitude_ratio", "bilabial_ratio", "sync_r")
 
 
 def embedding_agreement(pipe, speeches: list[Speech]) -> dict[str, float]:
     """int8 against float32 embeddings of every slice of `speeches`, as a session cuts them."""
-    from teller_pipeline.streaming import embed_slice_windows, slice_windows, torch_threads
+    from teller_pipeline.audio import SAMPLE_RATE
+    from teller_pipeline.streaming import AUDIO_BATCH_SLICES, embed_slice_windows, slice_windows, torch_threads
 
     config = pipe.motion_generator.config
-    window = int(round(config.audio_window_seconds * 16000))
-    lookahead = int(round(config.audio_lookahead_seconds * 16000))
+    window = int(round(config.audio_window_seconds * SAMPLE_RATE))
+    lookahead = int(round(config.audio_lookahead_seconds * SAMPLE_RATE))
     windows = np.concatenate([slice_windows(s.audio, window, lookahead) for s in speeches])
     encoder, embeddings = pipe.audio_encoder, {}
     with torch_threads():
         for int8 in (False, True):
             encoder.int8 = int8
-            embeddings[int8] = torch.cat([embed_slice_windows(encoder, pipe.feature_extractor, windows[i : i + 10],
-                                                              lookahead) for i in range(0, len(windows), 10)])
+            embeddings[int8] = torch.cat([
+                embed_slice_windows(encoder, pipe.feature_extractor, windows[i : i + AUDIO_BATCH_SLICES], lookahead)
+                for i in range(0, len(windows), AUDIO_BATCH_SLICES)])
     cosine = torch.nn.functional.cosine_similarity(embeddings[True], embeddings[False], dim=-1).mean(1).numpy()
     change = ((embeddings[True] - embeddings[False]).norm(dim=-1) / embeddings[False].norm(dim=-1)).numpy()
     return {"slices": len(windows), "cosine_mean": float(cosine.mean()), "cosine_p5": float(np.percentile(cosine, 5)),
@@ -54,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--corpus", default=str(ROOT / "data" / "corpus-test"),
                         help="a corpus folder (build_corpus) for the held-out voices; 'none' for the real clip only")
     parser.add_argument("--portrait", default=str(ROOT / "examples" / "grace_hopper.jpg"))
-    parser.add_argument("--held-out", type=int, default=8, help="held-out utterances")
+    parser.add_argument("--held-out", type=int, default=HELD_OUT_UTTERANCES, help="held-out utterances")
     parser.add_argument("--seeds", type=int, default=6)
     args = parser.parse_args(argv)
 
