@@ -225,3 +225,16 @@ def test_closure_gate_closes_by_its_probability_and_can_be_turned_off():
     assert torch.equal(out[..., :3], refined[..., :3]) and torch.equal(out[..., 4:], refined[..., 4:])
     refiner.register_to_config(closure_threshold=1.0)  # off
     assert torch.equal(refiner.close_lips(refined, logits), refined)
+
+
+def test_closure_gate_learns_in_its_own_layer_and_leaves_the_regression_alone():
+    """Trained through the refiner's layers, the gate's cross-entropy made the mouth smaller on real speech (three
+    seeds, training/README.md, "A closure gate"); it reads their features detached, so only its own layer learns."""
+    from teller_pipeline.models.temporal_refiner import TemporalRefiner
+
+    torch.manual_seed(0)
+    refiner = TemporalRefiner(closure_gate=True)
+    _, logits = refiner.regress(torch.randn(2, 10, 69), torch.randn(2, 5, 69), torch.randn(2, 10, 512))
+    torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.ones_like(logits)).backward()
+    learned = {name for name, p in refiner.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert learned == {"closure.weight", "closure.bias"}

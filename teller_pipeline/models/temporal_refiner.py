@@ -102,7 +102,8 @@ class TemporalRefiner(ModelMixin, ConfigMixin):
         x = x + torch.cat([torch.zeros_like(x[:, : context.shape[1]]), audio_frames], 1)
         x = self.blocks(x.transpose(1, 2))
         residual = self.out(x).transpose(1, 2)[:, -n:]
-        logits = self.closure(x)[:, 0, -n:] if self.config.closure_gate else None
+        # The gate reads the features without steering them: its cross-entropy trains its own layer only.
+        logits = self.closure(x.detach())[:, 0, -n:] if self.config.closure_gate else None
         return coarse + residual * self.residual_mask, logits
 
     def close_lips(self, refined: torch.Tensor, closure_logits: torch.Tensor) -> torch.Tensor:
