@@ -15,7 +15,7 @@ from .conftest import CHECKPOINT, EXAMPLES
 
 PORTRAITS = [EXAMPLES / name for name in DEFAULT_PORTRAITS]
 # What the bundled checkpoint reaches on a clip with ordinary pauses (`python -m teller_recipe.evaluation.portraits`:
-# Grace Hopper p90 0.123, max 0.185, ratio 0.97; Obama speaking p90 0.156, max 0.231, ratio 1.23), a floor well
+# Grace Hopper p90 0.118, max 0.206, ratio 0.93; Obama speaking p90 0.154, max 0.243, ratio 1.21), a floor well
 # above the murmur of earlier checkpoints (Grace Hopper p90 0.038, max 0.057).
 GAP_P90, GAP_MAX = 0.105, 0.17
 AMPLITUDE = (0.85, 1.2)  # rendered p90 / phone-implied p90
@@ -174,9 +174,27 @@ def test_the_driven_only_evaluation_gives_what_the_rendered_one_hands_the_render
     assert "| grace_hopper | real |" in (tmp_path / "driven.md").read_text()
 
 
-OBAMA_SPEAKING_SEAM = ("ratio 1.23 (1.2 allowed), closed in 0.58 of the pauses: the lips it is given meet in the "
-                       "pauses (gap 0.000 before rendering) but the sealed seam of this open-mouth photo reads "
-                       "0.025-0.030, at the 0.025 asked, and the same offset widens every opening")
+def test_the_rendered_evaluation_over_several_seeds_is_the_one_seed_run_per_seed(pipe, real_speech, tmp_path):
+    """`portraits --seed 0 1`: each seed's run is what `--seed k` alone gives (seed 0: the measure above), and
+    seeds.md reports their mean and spread, which a 7-s clip's p90 needs at the 0.12 line."""
+    import json
+
+    from teller_recipe.evaluation.portraits import main
+
+    one = _real_speech_metrics(pipe, real_speech, "grace_hopper.jpg")
+    main(["--checkpoint", str(CHECKPOINT), "--corpus", "none", "--held-out", "0", "--output", str(tmp_path),
+          "--portraits", str(EXAMPLES / "grace_hopper.jpg"), "--seed", "0", "1"])
+    summary = json.loads((tmp_path / "seeds.json").read_text())
+    p90 = summary["portraits"]["grace_hopper"]["real"]["gap_p90"]
+    assert p90["seeds"][0] == one["gap_p90"] and p90["seeds"][1] != p90["seeds"][0], p90  # the seed reaches the model
+    seed_1 = json.loads((tmp_path / "seed_1" / "metrics.json").read_text())
+    assert seed_1["seed"] == 1 and seed_1["portraits"]["grace_hopper"]["real"]["gap_p90"] == p90["seeds"][1]
+    assert p90["mean"] == pytest.approx(np.mean(p90["seeds"])) and p90["std"] > 0
+    assert "| grace_hopper | real |" in (tmp_path / "seeds.md").read_text()
+
+
+OBAMA_SPEAKING_SEAM = ("amplitude ratio 1.21 (1.2 allowed): this open-mouth photo's render reads wider than its "
+                       "lips are driven (p90 0.154 rendered, 0.140 driven, ratio 1.10 before rendering)")
 
 
 @pytest.mark.parametrize("portrait", [
@@ -195,8 +213,14 @@ def test_real_speech_moves_the_mouth_like_a_person(pipe, real_speech, portrait):
     assert m["closed_in_silence"] >= CLOSED_IN_SILENCE, m
 
 
+AT_THE_LINE = ("rendered real-speech p90 0.118 at seed 0 (issue 11 asks 0.12); over sampling seeds 0-3 "
+               "(`portraits --seed 0 1 2 3`) 0.118 +- 0.002, and 0.121 +- 0.003 with the refiner before its "
+               "closure gate, which passed at seed 0 (0.126) and missed at seeds 1 and 2 (training/README.md, "
+               "'A closure gate')")
+
+
 @pytest.mark.parametrize("portrait", [
-    "grace_hopper.jpg",
+    pytest.param("grace_hopper.jpg", marks=pytest.mark.xfail(strict=True, reason=AT_THE_LINE)),
     pytest.param("obama_speaking.jpg", marks=pytest.mark.xfail(strict=True, reason=OBAMA_SPEAKING_SEAM)),
 ])
 def test_issue_targets(pipe, real_speech, portrait):
@@ -245,9 +269,6 @@ def held_out_voices(tmp_path_factory):
     return [(speech, implied_gap(speech.audio, speech.phones)) for speech in speeches]
 
 
-@pytest.mark.xfail(strict=True, reason="the bundled refiner leaves the lips 0.31 of the way open at the middle of "
-                   "p/b/m (issue 11 asks <= 0.3); a refiner with a closure gate reached 0.27 but shrank real speech "
-                   "(training/README.md, 'A closure gate')")
 def test_held_out_voices_close_the_lips_on_bilabials(pipe, held_out_voices):
     """Voices the model never heard, on Grace Hopper: the lips it drives meet at the middle of p, b and m, open on
     open vowels about as far as the phones ask, in time with them."""

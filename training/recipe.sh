@@ -58,7 +58,8 @@ step refiner "$RUN/refiner/temporal_refiner" \
     "${LAUNCH[@]}" training/train_refiner.py --features "$DATA/features" --tokenizer "$RUN/tokenizer/motion_tokenizer" \
     --generator "$RUN/generator/motion_generator" --num_threads 1 --workers "$WORKERS" \
     --generated_cache "$RUN/samples" --output_dir "$RUN/refiner" --max_train_steps "$REFINER_STEPS" \
-    --train_batch_size 64 --resume_from_checkpoint latest
+    --train_batch_size 64 --closure_gate_weight 1 --seed 1 --sample_seed 0 --resume_from_checkpoint latest
+# (the closure gate and the seed: training/README.md, "A closure gate"; samples drawn with seed 0, as before)
 # build_checkpoint reads the three trained parts from one folder.
 mkdir -p "$RUN/trained"
 for part in tokenizer/motion_tokenizer generator/motion_generator refiner/temporal_refiner; do
