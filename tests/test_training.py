@@ -227,6 +227,27 @@ def test_closure_gate_closes_by_its_probability_and_can_be_turned_off():
     assert torch.equal(refiner.close_lips(refined, logits), refined)
 
 
+def test_closure_gate_closes_only_for_two_frames_or_more_inside_a_slice():
+    """A p, b or m closes the lips for two frames or more; one frame above the threshold amid open ones is not a
+    closure (it snapped the lips shut mid-vowel). At the slice's edges the next or previous frames are unknown
+    (streaming), so a frame there may start or end a closure."""
+    from teller_pipeline.models.temporal_refiner import TemporalRefiner
+
+    refiner = TemporalRefiner(closure_gate=True, closure_threshold=0.5, closure_min_frames=2).eval()
+    refiner.lip_opening_axis[3] = 1.0
+    refiner.closing_direction[3] = 1.0
+    refined = torch.zeros(3, 5, 69)
+    refined[..., 3] = 2.0
+    p = torch.tensor([[0.2, 0.2, 0.999999, 0.2, 0.2],  # one frame, inside: stays open
+                      [0.2, 0.999999, 0.999999, 0.2, 0.2],  # two frames: close
+                      [0.999999, 0.2, 0.2, 0.2, 0.999999]])  # at the edges: close
+    out = refiner.close_lips(refined, torch.logit(p))[..., 3]
+    assert torch.allclose(out, torch.tensor([[2.0, 2, 2, 2, 2], [2, 0, 0, 2, 2], [0, 2, 2, 2, 0]]), atol=1e-4)
+    refiner.register_to_config(closure_min_frames=1)
+    assert torch.allclose(refiner.close_lips(refined, torch.logit(p))[0, :, 3], torch.tensor([2.0, 2, 0, 2, 2]),
+                          atol=1e-4)
+
+
 def test_closure_gate_learns_in_its_own_layer_and_leaves_the_regression_alone():
     """Trained through the refiner's layers, the gate's cross-entropy made the mouth smaller on real speech (three
     seeds, training/README.md, "A closure gate"); it reads their features detached, so only its own layer learns."""

@@ -17,8 +17,8 @@ A squared error also leaves the lips apart where the audio leaves it uncertain w
 m): the mean of closed and open is a mouth that never quite closes. With `closure_gate`, a second head gives the
 probability that the lips meet in each frame, and where it is above `closure_threshold` the lips are closed
 along `closing_direction` (how the data's face moves as its mouth opening changes) by a share of the opening
-`lip_opening_axis` reads: a decision to close, which the regression alone never makes (training/README.md, "A
-closure gate": what it does to p, b and m, and why the bundled refiner has none).
+`lip_opening_axis` reads: a decision to close, which the regression alone never makes, and only for
+`closure_min_frames` frames or more (`lasting`; training/README.md, "A closure gate": what it does to p, b and m).
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class TemporalRefiner(ModelMixin, ConfigMixin):
         expression_gain: float = 1.0,
         closure_gate: bool = False,
         closure_threshold: float = 0.5,
+        closure_min_frames: int = 2,
     ):
         super().__init__()
         per_frame_audio = audio_dim * audio_frames_per_slice // frames_per_slice
@@ -108,11 +109,14 @@ class TemporalRefiner(ModelMixin, ConfigMixin):
 
     def close_lips(self, refined: torch.Tensor, closure_logits: torch.Tensor) -> torch.Tensor:
         """Close the lips of frames whose probability p of closed lips is above `closure_threshold`, by the
-        share (p - threshold) / (1 - threshold) of their opening: all of it at p = 1."""
+        share (p - threshold) / (1 - threshold) of their opening: all of it at p = 1; only in runs of at least
+        `closure_min_frames` such frames (`lasting`)."""
         threshold = self.config.closure_threshold
         if threshold >= 1.0:
             return refined
-        share = ((torch.sigmoid(closure_logits) - threshold) / (1.0 - threshold)).clamp(0, 1)
+        p = torch.sigmoid(closure_logits)
+        share = ((p - threshold) / (1.0 - threshold)).clamp(0, 1) * lasting(p > threshold,
+                                                                          self.config.closure_min_frames)
         opening = (refined @ self.lip_opening_axis + self.lip_opening_offset).clamp_min(0)
         return refined - (share * opening)[..., None] * self.closing_direction
 
@@ -136,6 +140,19 @@ class TemporalRefiner(ModelMixin, ConfigMixin):
             regressed.append(before)
             logits.append(slice_logits)
         return torch.cat(refined, 1), torch.cat(regressed, 1), torch.cat(logits, 1) if logits[0] is not None else None
+
+
+def lasting(held: torch.Tensor, frames: int) -> torch.Tensor:
+    """Where `held` (B, n: a slice's frames) is true in a run of at least `frames` frames. A lip closure lasts
+    ~60-120 ms (p, b, m), two frames or more at 25 fps; a gate above its threshold for one frame inside a slice
+    snapped the lips shut mid-vowel (Grace Hopper, real speech, 'DH' at 2.88 s: gap 0.076 → 0.017). Frames beyond
+    the slice are not known yet when it is refined (streaming): they count as held."""
+    if frames <= 1:
+        return held
+    edge = held.new_ones(held.shape[0], frames - 1)
+    padded = torch.cat([edge, held, edge], 1).float()
+    windows = padded.unfold(1, frames, 1).amin(-1)  # windows of `frames` frames that hold throughout
+    return held & windows.unfold(1, frames, 1).amax(-1).bool()  # frames inside one
 
 
 @torch.no_grad()

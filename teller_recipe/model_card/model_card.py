@@ -232,7 +232,8 @@ def _architecture(checkpoint: Path) -> str:
          "weighted 4× in its loss; expression movements scaled by "
          f"{ref.get('expression_gain', 1.0):.2f} (the shrinkage measured on the validation split)"
          + (f"; a closure gate (a second head: the probability that the lips meet) closes them where it is above "
-            f"{ref['closure_threshold']}" if ref.get("closure_gate") else ""),
+            f"{ref['closure_threshold']} for {ref.get('closure_min_frames', 1)} frames or more"
+            if ref.get("closure_gate") else ""),
          f"{m['temporal_refiner']:.2f} M"),
         ("renderer", "geometric: a mesh-driven warp of the whole photo, synthesized oral cavity and teeth, "
          "eyelid closing", "buffers only"),
@@ -357,7 +358,7 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
   real speech except the three-quarter view, 0.42, whose closed seam the landmarker reads ~0.05 apart). The
   refiner's closure gate (a second head deciding that the lips meet; training/README.md, "A closure gate") brought
   this from 0.16–0.60, ≤ 0.3 on four portraits, at a cost: held-out sync r 0.73–0.80 where it was 0.77–0.82
-  (obama_smile 0.815 → 0.728), held-out amplitude ratios down by up to 0.03, and about 2 % of the real-speech
+  (obama_smile 0.815 → 0.729), held-out amplitude ratios down by up to 0.03, and about 2 % of the real-speech
   size above. The whisper features the model hears carry about that much: a small network trained on them alone to
   predict the corpus' lip gap reaches 0.33, and a refiner pushed to close further by its loss
   (`train_refiner.py --closure_weight`) reached 0.26–0.28 but lost sync (r 0.71 → 0.65–0.68) and size
