@@ -334,20 +334,23 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
 ## Limitations
 
 - Mouth size (table "What a viewer sees" above; these figures from `python -m teller_recipe.evaluation.portraits
-  --corpus data/corpus-test` on 2026-12-03, eleven portraits, sampling seed 0): at default settings, on real speech
-  with pauses, the landmarker reads the lips parting to a p90 of 0.118–0.160 of the eye-corner distance (≈ 1–1.5 cm)
-  and a maximum of 0.18–0.24, 0.93–1.26 of what the phones ask, on ten of eleven portraits; the head bowed 30° reads
-  0.071 (its driven lips part 0.107, the render shows ~70 % of that). The closed-mouth photos sit at issue 11's 0.12
+  --corpus data/corpus-test` on 2026-12-04, eleven portraits, sampling seed 0): at default settings, on real speech
+  with pauses, the landmarker reads the lips parting to a p90 of 0.117–0.159 of the eye-corner distance (≈ 1–1.5 cm)
+  and a maximum of 0.18–0.24, 0.92–1.25 of what the phones ask, on ten of eleven portraits; the head bowed 30° reads
+  0.073 (its driven lips part 0.107, the render shows ~70 % of that). On that photo's widest frames the landmarker
+  puts the inner upper lip across the synthesized upper teeth and the inner lower lip on the lower teeth and tongue
+  (0.63–0.68 of the driven gap, whatever the teeth's height: 0.09–0.16 mouth widths, a probe); a frontal gap is also
+  foreshortened there by the 30° pitch (×0.86). The closed-mouth photos sit at issue 11's 0.12
   line, and one sampling seed does not decide which side: over seeds 0–3 (`--seed 0 1 2 3`, Grace Hopper and
-  the astronaut) the real-speech p90 is 0.118 ± 0.002 and 0.119 ± 0.001 (0.121 ± 0.003 and 0.121 ± 0.001 with the
+  the astronaut) the real-speech p90 is 0.118 ± 0.002 and 0.119 ± 0.000 (0.121 ± 0.003 and 0.121 ± 0.001 with the
   refiner before its closure gate); the render reads ~0.94 of the driven gap at the widest frames, frame by frame.
-  The photos whose lips are apart overshoot (ratio 1.18–1.26): at small openings the
+  The photos whose lips are apart overshoot (ratio 1.18–1.25): at small openings the
   landmarker reads their rendered lips further apart than they are driven (0.025 → ~0.06), from the sealed seam
   (Obama speaking: the landmarker puts the inner upper lip in a dark strip of the photo's upper lip) and, on the two
   scanned smiles, from the whole mouth, which reads ~3 px taller than drawn whatever the seam looks like. Closed
   photos part where their lips meet in the photo (`GeometricRenderer.lip_seam_reach`), not at the landmarker's
   inner-lip line, which can lie a few pixels into a lip, and their mouth interior is as dark as a real one (a lit,
-  lip-red cavity was read as lip): Grace Hopper, Biden and the bearded photo read 0.118–0.126 (ratio 0.93–0.99),
+  lip-red cavity was read as lip): Grace Hopper, Biden and the bearded photo read 0.117–0.126 (ratio 0.92–0.99),
   from 0.106–0.116. Openings under ~0.05 still read smaller than driven, mostly the landmarker's own dead zone on
   these faces. Identity priors are clamped to the training faces' range (`MotionGenerator.fit_identity_range`) and
   lose their depth (`in_image_plane`): real photos land far outside a synthetic corpus' faces, and the generator
@@ -379,7 +382,11 @@ pause, at full resolution, with the mouths enlarged (nearest neighbour) undernea
   the synthesized cavity between them is dark and plain, its lower teeth and tongue standing on the photo's own
   lower interior, and on a broad smile that opens a little further it shows as a thin dark line under the teeth.
   Where a photo shows both rows of teeth (jesper_speaking), a wide opening is a flat dark band between them, with
-  round ends that reach a little past the photo's teeth toward the corners.
+  round ends that reach a little past the photo's teeth toward the corners. The synthesized part ends in round caps
+  0.12 half mouth widths inside the inner corners (`mouth.CORNER_INSET`), where the photo's own lips and mouth
+  corners show as the warp moves them: drawn up to the points of the landmarks' outline, the blunt opening of the
+  bowed head ended in a hard black wedge reaching into the skin (`tests/test_renderer.py -k wide_opening`). The
+  landmarker reads the widest frames a little smaller for it (Grace Hopper's real-speech maximum 0.206 → 0.199).
   A face cut by the photo's edge (jesper_head_down's forehead, at the top) cannot bring in what lies beyond it:
   as the head rises or turns, the rows next to that edge stretch and the motion there is held back to half their
   distance from it (`tests/test_renderer.py -k "cut_by_the_top_edge or head_turn"`).

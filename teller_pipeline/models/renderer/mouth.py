@@ -25,8 +25,12 @@ LIP_SAMPLE_LANDMARKS = [0, 17, 37, 267, 84, 314, 39, 269, 181, 405]  # lip bodie
 TOOTH_EDGES = (0.0, 0.16, 0.3, 0.42, 0.53, 0.63, 0.72, 0.8, 1.01)
 GRAIN_TILE = 64
 TONGUE_HALF_WIDTH = 0.62  # half mouth widths: the tongue spans the lower arch
-CORNER_INSET = 0.03  # half mouth widths: the opening's round ends lie this far inside its corners
-CORNER_ROUNDNESS = 1.0  # length of the opening's round end caps over half its height (see `rounded_ends`)
+# half mouth widths: the opening's round ends lie this far inside its corners, where the warped lips show. At 0.03 a
+# bowed head's blunt opening (jesper_head_down) ended in a hard black wedge reaching into the skin
+CORNER_INSET = 0.12
+# length of the opening's round end caps over half its height (see `rounded_ends`); at 2 the face landmarker read the
+# widest openings ~0.005 smaller (Grace Hopper, jesper_speaking: a probe over their 10 widest real-speech frames)
+CORNER_ROUNDNESS = 1.5
 SHADOWED_OPENING = 0.12  # mouth widths: a synthesised opening this high or more is dark at its back
 CORNER_SEAL_HEIGHT = 0.8  # at a closing corner the sealed band is this × its widest (see `seal_lips`)
 
