@@ -254,18 +254,24 @@ def test_generator_reads_identity_priors_within_the_training_range(pipe):
 
 
 @pytest.fixture(scope="module")
-def held_out_voices(tmp_path_factory):
+def held_out_corpus(tmp_path_factory):
     """The evaluation's held-out test voices (never in training), built as the README says (a few seconds)."""
     import shutil
 
     from teller_recipe.corpus.build_corpus import build
-    from teller_recipe.evaluation.portraits import HELD_OUT_UTTERANCES, held_out_speech, implied_gap
 
     if not (shutil.which("flite") and shutil.which("espeak-ng")):
         pytest.skip("flite and espeak-ng make the held-out voices")
     folder = tmp_path_factory.mktemp("held_out")
     build(folder / "corpus", hours=0.03, voices=["espeak-ng/f3", "flite/rms"], cache_dir=folder / "cache")
-    speeches = held_out_speech(folder / "corpus", HELD_OUT_UTTERANCES)
+    return folder / "corpus"
+
+
+@pytest.fixture(scope="module")
+def held_out_voices(held_out_corpus):
+    from teller_recipe.evaluation.portraits import HELD_OUT_UTTERANCES, held_out_speech, implied_gap
+
+    speeches = held_out_speech(held_out_corpus, HELD_OUT_UTTERANCES)
     return [(speech, implied_gap(speech.audio, speech.phones)) for speech in speeches]
 
 
@@ -285,3 +291,18 @@ def test_held_out_voices_close_the_lips_on_bilabials(pipe, held_out_voices):
     assert m["bilabial_frames"] >= 20, m  # enough p, b and m to judge
     assert m["bilabial_ratio"] <= BILABIAL, m
     assert m["sync_r"] >= SYNC_R and AMPLITUDE[0] <= m["amplitude_ratio"] <= AMPLITUDE[1], m
+
+
+def test_the_corpus_motion_of_a_closed_resting_face_opens_as_far_as_its_phones_ask(pipe, held_out_corpus, monkeypatch):
+    """The corpus' own motion, decoded onto a closed-mouth photo as generated motion is, opens as far as the phones
+    ask times its speaker's articulation gain when that speaker's face rests closed; a resting face with parted
+    lips gives less (its opening is taken off), which `portraits --resting-faces` reports by kind."""
+    from teller_recipe.evaluation.portraits import resting_faces
+
+    monkeypatch.setattr(pipe.renderer, "render", lambda state, landmarks: state.image)  # only the motion counts
+    rows = resting_faces(pipe, pipe.prepare_source(EXAMPLES / "grace_hopper.jpg"), held_out_corpus)
+    closed = [row for row in rows if row["resting_face"] == "closed"]
+    assert len(closed) >= 4, rows
+    for row in closed:
+        assert 0.8 <= row["corpus_ratio"] / row["articulation_gain"] <= 1.2, row
+    assert all(np.isfinite(row["generated_ratio"]) for row in rows)

@@ -2,7 +2,7 @@
 
     python -m teller_recipe.evaluation.portraits --checkpoint checkpoints/teller-base --corpus data/corpus \
         --output runs/portraits [--portraits examples/astronaut.png examples/biden.jpg ...] [--held-out 8]
-        [--seed 0 1 2 3] [--driven-only --seeds 6]
+        [--seed 0 1 2 3] [--driven-only --seeds 6] [--resting-faces]
 
 Every portrait speaks two groups of speech with the full pipeline at default settings (streaming session, `--seed`):
 
@@ -46,6 +46,10 @@ the landmarker, for seeds 0 .. N-1, as mean ± standard deviation (`<output>/dri
 minute per portrait and seed on 2 cores. The
 generator samples, so one seed's numbers move by about the spread this prints; two refiners or settings
 (`--closure-threshold`, `--lookahead-heard`, another `--checkpoint`) differ only beyond it.
+
+`--resting-faces`: per test utterance, the amplitude ratio before rendering of the corpus' own motion and of the
+generated motion, grouped by the corpus speaker's resting face (`<output>/resting_faces.md`, `.json`): the corpus'
+motion is an offset from a resting face, and one whose lips are parted takes its opening off the photo's.
 """
 
 from __future__ import annotations
@@ -464,6 +468,51 @@ def evaluate_driven(checkpoint: str | Path, corpus: str | Path | None, output: s
     return results
 
 
+def resting_faces(pipe, source, corpus: str | Path, seed: int = 0) -> list[dict]:
+    """Per utterance of the corpus' test split: its speaker's resting face and articulation gain (the corpus'
+    `synthesis` record, `motion_synth.synthesize_motion`), and the amplitude ratio (gap p90 over implied p90, before
+    rendering) of its own motion decoded onto `source` and of the motion the pipeline generates for its audio.
+
+    The corpus' motion is an offset from its speaker's resting face, while the pipeline decodes onto the photo with
+    its lips closed (`MotionEncoder.close_lips`): a resting face with parted lips takes its own opening off every
+    opening of that utterance, on any photo."""
+    data = load_test_split(corpus)
+    records = {row["id"]: json.loads(row["synthesis"]) for row in data.select_columns(["id", "synthesis"])}
+    rows = []
+    for speech in held_out_speech(corpus, len(data)):
+        implied = implied_gap(speech.audio, speech.phones)
+        with decoded_motion(pipe) as decoded:
+            render(pipe, source, speech.audio, seed)
+        ratios = {}
+        gaps = {"corpus": decoded_gap(pipe, source, speech.motion), "generated": np.concatenate(decoded.gaps)}
+        for kind, gap in gaps.items():
+            n = min(len(gap), len(implied))
+            ratios[kind] = float(np.percentile(gap[:n], 90) / np.percentile(implied[:n], 90))
+        record = records[speech.name]
+        rows.append({"id": speech.name, "resting_face": record["resting_face"],
+                     "articulation_gain": record["articulation_gain"],
+                     "corpus_ratio": ratios["corpus"], "generated_ratio": ratios["generated"]})
+    return rows
+
+
+def resting_faces_markdown(per_portrait: dict[str, list[dict]]) -> str:
+    lines = ["Amplitude ratio before rendering (gap p90 / phone-implied p90) of each test utterance's own corpus "
+             "motion and of the generated motion, by the corpus speaker's resting face (`--resting-faces`):", "",
+             "| portrait | resting face | utterances | articulation gain | corpus motion | generated |",
+             "|---|---|---|---|---|---|"]
+    for name, rows in per_portrait.items():
+        for kind in sorted({row["resting_face"] for row in rows}):
+            group = [row for row in rows if row["resting_face"] == kind]
+
+            def spread(key: str, group: list[dict] = group) -> str:
+                values = [row[key] for row in group]
+                return f"{np.mean(values):.2f} ({min(values):.2f}–{max(values):.2f})"
+
+            lines.append(f"| {name} | {kind} | {len(group)} | {spread('articulation_gain')} | "
+                         f"{spread('corpus_ratio')} | {spread('generated_ratio')} |")
+    return "\n".join(lines) + "\n"
+
+
 SEED_METRICS = ("gap_p90", "gap_max", "amplitude_ratio", "sync_r", "bilabial_ratio", "closed_in_silence",
                 "driven_p90", "driven_bilabial_ratio")
 
@@ -599,9 +648,23 @@ def main(argv: list[str] | None = None) -> None:
                         help="seconds of the generator's audio lookahead it hears (default: the checkpoint's)")
     parser.add_argument("--closure-threshold", type=float, default=None,
                         help="the refiner's closure gate threshold (1: gate off; default: the checkpoint's)")
+    parser.add_argument("--resting-faces", action="store_true",
+                        help="only the amplitude ratio before rendering of every test utterance's own motion and of "
+                             "the generated one, by its speaker's resting face: writes resting_faces.md and .json")
     parser.add_argument("--num-threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.num_threads)
+    if args.resting_faces:
+        pipe = load_pipeline(args.checkpoint, args.lookahead_heard, args.closure_threshold)
+        pipe.renderer.render = lambda state, landmarks: state.image  # not measured here: the photo, at no cost
+        per_portrait = {Path(p).stem: resting_faces(pipe, pipe.prepare_source(p), args.corpus, args.seed[0])
+                        for p in args.portraits}
+        output = Path(args.output)
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "resting_faces.json").write_text(json.dumps(per_portrait, indent=2) + "\n")
+        (output / "resting_faces.md").write_text(resting_faces_markdown(per_portrait))
+        print(resting_faces_markdown(per_portrait))
+        return
     if args.driven_only:
         evaluate_driven(args.checkpoint, args.corpus, args.output, args.portraits, args.held_out, args.seeds,
                         args.lookahead_heard, args.closure_threshold)
