@@ -483,11 +483,9 @@ def resting_faces(pipe, source, corpus: str | Path, seed: int = 0) -> list[dict]
         implied = implied_gap(speech.audio, speech.phones)
         with decoded_motion(pipe) as decoded:
             render(pipe, source, speech.audio, seed)
-        ratios = {}
         gaps = {"corpus": decoded_gap(pipe, source, speech.motion), "generated": np.concatenate(decoded.gaps)}
-        for kind, gap in gaps.items():
-            n = min(len(gap), len(implied))
-            ratios[kind] = float(np.percentile(gap[:n], 90) / np.percentile(implied[:n], 90))
+        ratios = {kind: float(np.percentile(gap[: len(implied)], 90) / np.percentile(implied[: len(gap)], 90))
+                  for kind, gap in gaps.items()}
         record = records[speech.name]
         rows.append({"id": speech.name, "resting_face": record["resting_face"],
                      "articulation_gain": record["articulation_gain"],
