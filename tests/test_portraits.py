@@ -193,14 +193,8 @@ def test_the_rendered_evaluation_over_several_seeds_is_the_one_seed_run_per_seed
     assert "| grace_hopper | real |" in (tmp_path / "seeds.md").read_text()
 
 
-OBAMA_SPEAKING_SEAM = ("amplitude ratio 1.21 (1.2 allowed): this open-mouth photo's render reads wider than its "
-                       "lips are driven (p90 0.154 rendered, 0.140 driven, ratio 1.10 before rendering)")
-
-
-@pytest.mark.parametrize("portrait", [
-    "grace_hopper.jpg",
-    pytest.param("obama_speaking.jpg", marks=pytest.mark.xfail(strict=True, reason=OBAMA_SPEAKING_SEAM)),
-])
+# obama_speaking, photographed mid-word, read 1.21 of what the phones ask with the previous checkpoint (1.14 now)
+@pytest.mark.parametrize("portrait", ["grace_hopper.jpg", "obama_speaking.jpg"])
 def test_real_speech_moves_the_mouth_like_a_person(pipe, real_speech, portrait):
     """Two real recordings with ordinary pauses, default settings: the mouth opens about a centimetre and more on
     open vowels, about as far as the phones ask, in time with them, and closes on p/b/m and in the pauses."""
@@ -213,15 +207,14 @@ def test_real_speech_moves_the_mouth_like_a_person(pipe, real_speech, portrait):
     assert m["closed_in_silence"] >= CLOSED_IN_SILENCE, m
 
 
-AT_THE_LINE = ("rendered real-speech p90 0.117 at seed 0 (issue 11 asks 0.12); over sampling seeds 0-3 "
-               "(`portraits --seed 0 1 2 3`) 0.118 +- 0.002, and 0.121 +- 0.003 with the refiner before its "
-               "closure gate, which passed at seed 0 (0.126) and missed at seeds 1 and 2 (training/README.md, "
-               "'A closure gate')")
+AT_THE_LINE = ("rendered real-speech p90 0.111 at seed 0 (issue 11 asks 0.12), driven 0.121; three refiners on the "
+               "bundled generator (train_refiner.py --seed 0/1/2) drive it to 0.121/0.119/0.121 before rendering, the "
+               "previous checkpoint's refiner 0.128 (training/README.md, 'Mouth size on held-out voices')")
 
 
 @pytest.mark.parametrize("portrait", [
     pytest.param("grace_hopper.jpg", marks=pytest.mark.xfail(strict=True, reason=AT_THE_LINE)),
-    pytest.param("obama_speaking.jpg", marks=pytest.mark.xfail(strict=True, reason=OBAMA_SPEAKING_SEAM)),
+    "obama_speaking.jpg",
 ])
 def test_issue_targets(pipe, real_speech, portrait):
     m = _real_speech_metrics(pipe, real_speech, portrait)
@@ -247,7 +240,9 @@ def test_generator_reads_identity_priors_within_the_training_range(pipe):
 
     generator = pipe.motion_generator
     low, high = generator.identity_prior_low, generator.identity_prior_high
-    assert torch.isfinite(low).all() and (low < high).all()  # fitted by training/train_generator.py
+    # fitted by training/train_generator.py on priors without their depth (`in_image_plane`), whose range is [0, 0]
+    in_plane = low.reshape(rig.NUM_KEYPOINTS, 3)[:, :2], high.reshape(rig.NUM_KEYPOINTS, 3)[:, :2]
+    assert torch.isfinite(low).all() and (low <= high).all() and (in_plane[0] < in_plane[1]).all()
     far = 100 * torch.randn(1, rig.NUM_KEYPOINTS, 3, generator=torch.Generator().manual_seed(0))
     inside = torch.clamp(far.flatten(1), low, high).reshape(far.shape)
     assert torch.equal(generator.embed_prefix(far), generator.embed_prefix(inside))
@@ -293,16 +288,16 @@ def test_held_out_voices_close_the_lips_on_bilabials(pipe, held_out_voices):
     assert m["sync_r"] >= SYNC_R and AMPLITUDE[0] <= m["amplitude_ratio"] <= AMPLITUDE[1], m
 
 
-def test_the_corpus_motion_of_a_closed_resting_face_opens_as_far_as_its_phones_ask(pipe, held_out_corpus, monkeypatch):
+def test_the_corpus_motion_opens_as_far_as_its_phones_ask_whatever_the_resting_face(pipe, held_out_corpus, monkeypatch):
     """The corpus' own motion, decoded onto a closed-mouth photo as generated motion is, opens as far as the phones
-    ask times its speaker's articulation gain when that speaker's face rests closed; a resting face with parted
-    lips gives less (its opening is taken off), which `portraits --resting-faces` reports by kind."""
+    ask times its speaker's articulation gain, whether that speaker's face rests closed or with parted lips: the
+    lips' motion is an offset from the resting face with its lips closed (before, a parted resting face took its
+    own opening off every opening: 0.25-0.63 of what the phones ask; `portraits --resting-faces` reports it)."""
     from teller_recipe.evaluation.portraits import resting_faces
 
     monkeypatch.setattr(pipe.renderer, "render", lambda state, landmarks: state.image)  # only the motion counts
     rows = resting_faces(pipe, pipe.prepare_source(EXAMPLES / "grace_hopper.jpg"), held_out_corpus)
-    closed = [row for row in rows if row["resting_face"] == "closed"]
-    assert len(closed) >= 4, rows
-    for row in closed:
+    assert len(rows) >= 8 and {row["resting_face"] for row in rows} - {"closed", "slight_smile"}, rows
+    for row in rows:
         assert 0.8 <= row["corpus_ratio"] / row["articulation_gain"] <= 1.2, row
     assert all(np.isfinite(row["generated_ratio"]) for row in rows)

@@ -3,8 +3,8 @@
 Per utterance a face is drawn (shape + resting expression, as the photo would show it) along with a
 speaking style (articulation strength, head-motion and brow liveliness, a smile kept while talking). The
 mouth follows the phones with coarticulation (`visemes`), the head and brows follow prosody (`prosody`), and
-the stored motion is what the face does relative to its own photo. Frame k covers [k/25, (k+1)/25) of the
-audio and shows the face at the frame's centre.
+the stored motion is what the face does relative to its own photo with the lips closed, as the runtime
+decodes it. Frame k covers [k/25, (k+1)/25) of the audio and shows the face at the frame's centre.
 """
 
 from __future__ import annotations
@@ -79,25 +79,34 @@ def synthesize_motion(audio: np.ndarray, phones: list[Phone], rng: np.random.Gen
         1.0,
     )
 
-    # Settle from the photo's expression (motion exactly zero at t = 0) into the talking face.
+    # The runtime decodes motion onto the photo's face with its lips closed (`MotionEncoder.close_lips`), so the
+    # lips' motion is an offset from the resting face with closed lips: from the parted one, a speaker whose photo
+    # shows parted lips would lose that gap from every opening (training/README.md, "Mouth size on held-out
+    # voices"). Settle from that face (motion exactly zero at t = 0) into the talking face.
+    closed_tracks = rest.tracks.copy()
+    closed_tracks[[face_model.P["jaw"], face_model.P["upper"], face_model.P["lower"]]] = 0.0
     settle = _smoothstep(times / SETTLE)[:, None]
-    tracks = rest.tracks[None] * (1 - settle) + tracks * settle
+    tracks = closed_tracks[None] * (1 - settle) + tracks * settle
     smile = rest.smile * (1 - settle[:, 0]) + smile * settle[:, 0]
     brow = rest.brow + brow * settle[:, 0]
     expression = face_model.Expression(smile, brow, 0.3 * smile)
     state = face_model.face_state(tracks, expression, asymmetry)
     rest_state = rest.state(asymmetry)
+    closed_rest_state = face_model.RestingFace(rest.kind, closed_tracks, rest.smile, rest.brow, rest.squint).state(
+        asymmetry
+    )
 
     # Sample the 100 Hz tracks at the frames' centres.
     t_frames = frame_times(num_frames)
-    motion = state - rest_state[None]
+    motion = state - closed_rest_state[None]
     flat = np.concatenate([motion.reshape(len(times), -1), rotation, translation], 1)
     features = np.stack([np.interp(t_frames, times, flat[:, j]) for j in range(flat.shape[1])], 1)
     identity_prior = shape + rest_state
     expression_frames = features[:, : rig.NUM_KEYPOINTS * 3].reshape(num_frames, rig.NUM_KEYPOINTS, 3)
-    opening = face_model.mouth_opening(identity_prior[None] + expression_frames)
+    opening = face_model.mouth_opening((shape + closed_rest_state)[None] + expression_frames)
     info = {
         "resting_face": rest.kind,
+        "resting_opening": round(float(face_model.mouth_opening(identity_prior[None])[0]), 4),
         "resting_smile": round(float(rest.smile), 3),
         "talking_smile": round(float(talk_smile), 3),
         "articulation_gain": round(float(gain), 3),

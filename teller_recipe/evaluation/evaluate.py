@@ -151,16 +151,16 @@ def corpus_utterances(corpus: str | Path, max_utterances: int | None) -> list[Ut
 def synthetic_motion_for_photo(audio: np.ndarray, phones, rest_opening: float | None, tries: int = 64):
     """`synthesize_motion` of the phones, its face drawn (among seeds 0..tries-1) to rest like the photo.
 
-    The motion is relative to the drawn face's resting expression, as the corpus' is relative to its photo; a
-    face drawn with parted lips would, applied to a closed-mouth photo, press the lips together. So the seed
-    whose resting mouth opening (its first frame: motion starts at zero) is closest to the photo's is used.
+    The seed whose drawn face's resting mouth opening is closest to the photo's is used, so the speaker's smile
+    and resting expression resemble the photo's (the lips' motion itself is relative to closed lips, whatever
+    the resting face).
     """
     from teller_recipe.corpus.motion_synth import synthesize_motion
 
     best, best_distance = None, np.inf
     for seed in range(tries if rest_opening is not None else 1):
         motion = synthesize_motion(audio, phones, np.random.default_rng(seed))
-        distance = 0.0 if rest_opening is None else abs(float(motion.mouth_opening[0]) - rest_opening)
+        distance = 0.0 if rest_opening is None else abs(motion.info["resting_opening"] - rest_opening)
         if distance < best_distance:
             best, best_distance = motion, distance
     return best

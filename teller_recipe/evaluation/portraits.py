@@ -49,7 +49,7 @@ generator samples, so one seed's numbers move by about the spread this prints; t
 
 `--resting-faces`: per test utterance, the amplitude ratio before rendering of the corpus' own motion and of the
 generated motion, grouped by the corpus speaker's resting face (`<output>/resting_faces.md`, `.json`): the corpus'
-motion is an offset from a resting face, and one whose lips are parted takes its opening off the photo's.
+lip motion is an offset from the resting face with its lips closed, so its ratio should not depend on the kind.
 """
 
 from __future__ import annotations
@@ -473,9 +473,9 @@ def resting_faces(pipe, source, corpus: str | Path, seed: int = 0) -> list[dict]
     `synthesis` record, `motion_synth.synthesize_motion`), and the amplitude ratio (gap p90 over implied p90, before
     rendering) of its own motion decoded onto `source` and of the motion the pipeline generates for its audio.
 
-    The corpus' motion is an offset from its speaker's resting face, while the pipeline decodes onto the photo with
-    its lips closed (`MotionEncoder.close_lips`): a resting face with parted lips takes its own opening off every
-    opening of that utterance, on any photo."""
+    The pipeline decodes onto the photo with its lips closed (`MotionEncoder.close_lips`), and the corpus' lip
+    motion is an offset from its speaker's resting face with closed lips, so the corpus ratio over the gain should
+    not depend on the resting face (it did while the offset was from the parted lips: training/README.md)."""
     data = load_test_split(corpus)
     records = {row["id"]: json.loads(row["synthesis"]) for row in data.select_columns(["id", "synthesis"])}
     rows = []
